@@ -1,0 +1,119 @@
+"""Pure-torch implementations of the TopK SAE sparse operations (the reference and the CPU path).
+
+Shapes: N tokens, d model width, L latents, k active latents per token.
+    values  [N, k]  activations of the selected latents
+    indices [N, k]  latent ids (int64 or int32)
+    W_dec   [L, d]  decoder rows
+    x       [N, d]  (centred) input, for the encoder-weight gradient
+
+These functions define the semantics the Triton kernels are tested against, and they are also what
+the CPU trainer runs, so they must be fast: nothing here materialises an ``N x L`` array or the
+gathered ``[N, k, d]`` block. Each operation is expressed as one fused library call on a sparse
+structure with ``N * k`` non-zeros:
+
+    decode            embedding_bag(indices, W_dec, per_sample_weights=values)   (gather-and-sum)
+    grad of values    sampled_addmm on the [N, L] TopK pattern                   (k dots per token)
+    grad of W_dec     CSR[L, N](values) @ grad_out                               (latent-major sum)
+    grad of W_enc     CSR[L, N](grad_values) @ x
+
+Precision: half and bfloat16 inputs are computed in float32 and the result is cast back, the same
+contract as the Triton kernels (fp32 accumulation). float64 stays float64, so gradcheck works.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .csr import LatentCSR, latent_csr
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """Promoted dtype of the inputs, at least float32 (CPU sparse kernels lack bf16/fp16)."""
+    out = torch.float32
+    for dt in dtypes:
+        out = torch.promote_types(out, dt)
+    return out
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]):
+    """Build a CSR tensor without the once-per-process 'beta' warning and the invariant check
+    (the layout is correct by construction and checking costs a pass over the indices)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(crow, col, vals, shape, check_invariants=False)
+
+
+def _latent_major_sum(
+    weights: torch.Tensor, csr: LatentCSR, rows: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """out[l] = sum over entries e of latent l of weights.flat[e] * rows[e // k], as a sparse mm."""
+    n_tokens = rows.shape[0]
+    vals = weights.reshape(-1)[csr.perm].to(dtype)
+    mat = _csr(csr.offsets, csr.tokens(), vals, (csr.n_latents, n_tokens))
+    return mat @ rows.to(dtype)
+
+
+def sparse_decode_ref(
+    values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor
+) -> torch.Tensor:
+    """out[n] = sum_j values[n, j] * W_dec[indices[n, j]]  -> [N, d].
+
+    Output dtype is the promotion of values.dtype and W_dec.dtype. Differentiable by autograd with
+    respect to values and W_dec (embedding_bag has both derivatives).
+    """
+    out_dtype = torch.promote_types(values.dtype, W_dec.dtype)
+    dtype = _compute_dtype(out_dtype)
+    out = F.embedding_bag(indices, W_dec.to(dtype), per_sample_weights=values.to(dtype), mode="sum")
+    return out.to(out_dtype)
+
+
+def sparse_decode_grad_values_ref(
+    grad_out: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, values_dtype: torch.dtype
+) -> torch.Tensor:
+    """grad_values[n, j] = <grad_out[n], W_dec[indices[n, j]]>  -> [N, k] in values_dtype.
+
+    This is (grad_out @ W_dec.T) sampled at the TopK pattern; sampled_addmm computes only the
+    N*k sampled dots.
+    """
+    n, k = indices.shape
+    dtype = _compute_dtype(grad_out.dtype, W_dec.dtype)
+    crow = torch.arange(0, n * k + 1, k, device=indices.device, dtype=torch.int64)
+    pattern = _csr(
+        crow,
+        indices.reshape(-1).long(),
+        torch.zeros(n * k, dtype=dtype, device=indices.device),
+        (n, W_dec.shape[0]),
+    )
+    sampled = torch.sparse.sampled_addmm(pattern, grad_out.to(dtype), W_dec.to(dtype).T, beta=0.0)
+    return sampled.values().view(n, k).to(values_dtype)
+
+
+def sparse_decode_grad_weight_ref(
+    grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor
+) -> torch.Tensor:
+    """grad_W_dec[l] = sum_{(n, j): indices[n, j] = l} values[n, j] * grad_out[n]  -> [L, d]."""
+    csr = latent_csr(indices, W_dec.shape[0])
+    dtype = _compute_dtype(values.dtype, grad_out.dtype)
+    return _latent_major_sum(values, csr, grad_out, dtype).to(W_dec.dtype)
+
+
+def sparse_decode_backward_ref(
+    grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of sparse_decode: (grad_values [N, k], grad_W_dec [L, d])."""
+    grad_values = sparse_decode_grad_values_ref(grad_out, indices, W_dec, values.dtype)
+    grad_W = sparse_decode_grad_weight_ref(grad_out, values, indices, W_dec)
+    return grad_values, grad_W
+
+
+def sparse_encoder_weight_grad_ref(
+    grad_values: torch.Tensor, indices: torch.Tensor, x: torch.Tensor, n_latents: int
+) -> torch.Tensor:
+    """Gradient of W_enc [L, d] when only the k selected pre-activations receive gradient:
+    grad_W_enc[l] = sum_{(n, j): indices[n, j] = l} grad_values[n, j] * x[n].  Dtype: x.dtype."""
+    csr = latent_csr(indices, n_latents)
+    dtype = _compute_dtype(grad_values.dtype, x.dtype)
+    return _latent_major_sum(grad_values, csr, x, dtype).to(x.dtype)

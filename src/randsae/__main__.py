@@ -1,0 +1,5 @@
+import sys
+
+from randsae.cli import main
+
+sys.exit(main())

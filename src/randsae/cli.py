@@ -1,0 +1,192 @@
+"""The ``randsae`` command line.
+
+    randsae plan [--configfile F] [--json]
+    randsae store ls [--stage S] [--json] [--store DIR]
+    randsae store verify [--store DIR]
+    randsae store gc [--configfile F ...] [--dry-run]
+    randsae store path NAME [--configfile F]
+    randsae build --spec JSON [--store DIR]     (what the Snakemake rules call)
+
+Store commands take the store root from ``--store``, else from the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from randsae.config import DEFAULT_CONFIG, ConfigError, load_config
+from randsae.plan import IMPLEMENTED_STAGES, STAGES, build_plan, estimate_bytes, summary
+from randsae.store import Store
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown (set models.<name>.d_model)"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if value < 1000 or unit == "PB":
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def _store_for(args: argparse.Namespace) -> Store:
+    if getattr(args, "store", None):
+        return Store(args.store)
+    files = getattr(args, "configfile", None) or [DEFAULT_CONFIG]
+    files = files if isinstance(files, list) else [files]
+    return Store(load_config(files[0])["store"])
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    cfg = load_config(args.configfile)
+    plan = build_plan(cfg)
+    est = estimate_bytes(cfg)
+    if args.json:
+        out = {
+            "artifacts": [
+                {"stage": a.stage, "key": a.key, "name": a.name, "params": a.params, "inputs": a.inputs,
+                 "implemented": a.stage in IMPLEMENTED_STAGES}
+                for a in plan
+            ],
+            "jobs": summary(plan),
+            "estimated_bytes": est,
+        }
+        json.dump(out, sys.stdout, indent=1)
+        print()
+        return 0
+    for a in plan:
+        print(f"{a.key}  {a.name}")
+    print()
+    counts = summary(plan)
+    width = max(map(len, STAGES))
+    print("jobs per stage" + " " * (width - 3) + "(* = not yet in the pipeline)")
+    for stage in STAGES:
+        mark = "" if stage in IMPLEMENTED_STAGES else " *"
+        print(f"  {stage:<{width}} {counts[stage]:>7}{mark}")
+    print(f"  {'total':<{width}} {len(plan):>7}")
+    print(f"estimated disk: activations {_human_bytes(est['activations'])}, latent caches {_human_bytes(est['latents'])}")
+    return 0
+
+
+def cmd_store_ls(args: argparse.Namespace) -> int:
+    store = _store_for(args)
+    rows = list(store.iter_meta(args.stage))
+    if args.json:
+        json.dump([{k: m.get(k) for k in ("stage", "key", "name", "created", "total_bytes")} for m in rows], sys.stdout, indent=1)
+        print()
+        return 0
+    for m in rows:
+        print(f"{m['stage']:<12} {m['key']}  {_human_bytes(m.get('total_bytes', 0)):>10}  {m['created']}  {m['name']}")
+    print(f"{len(rows)} artifacts in {store.root}")
+    return 0
+
+
+def cmd_store_verify(args: argparse.Namespace) -> int:
+    store = _store_for(args)
+    problems = store.verify()
+    for p in problems:
+        print(f"MISMATCH {p}")
+    n = sum(1 for _ in store.iter_meta())
+    print(f"verified {n} artifacts in {store.root}: {'clean' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0
+
+
+def cmd_store_gc(args: argparse.Namespace) -> int:
+    files = args.configfile or [DEFAULT_CONFIG]
+    keep: set[str] = set()
+    for f in files:
+        keep |= build_plan(load_config(f)).keys()
+    store = _store_for(args)
+    doomed = store.gc(keep, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for p in doomed:
+        print(f"{verb} {p}")
+    print(f"{verb} {len(doomed)} entries; kept everything referenced by {', '.join(map(str, files))}")
+    return 0
+
+
+def cmd_store_path(args: argparse.Namespace) -> int:
+    cfg = load_config(args.configfile)
+    plan = build_plan(cfg)
+    store = Store(args.store or cfg["store"])
+    name = args.name.strip("/")
+    a = plan.by_name.get(name)
+    if a is None:
+        close = sorted(n for n in plan.by_name if n.startswith(name.split("/")[0]))
+        hint = ("; names in this stage look like: " + ", ".join(close[:5])) if close else ""
+        print(f"no artifact named {name!r} in the plan of {args.configfile or DEFAULT_CONFIG}{hint}", file=sys.stderr)
+        return 2
+    path = store.path(a.stage, a.key)
+    print(path)
+    if not store.exists(a.stage, a.key):
+        print(f"(not built yet: {path} does not exist)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from randsae.stages import build
+
+    spec: dict[str, Any] = json.loads(args.spec)
+    build(spec, Store(args.store))
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="randsae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pl = sub.add_parser("plan", help="list the artifacts a config needs, with job counts and a disk estimate")
+    pl.add_argument("--configfile", type=Path, default=None)
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plan)
+
+    st = sub.add_parser("store", help="inspect and maintain the artifact store")
+    ssub = st.add_subparsers(dest="store_command", required=True)
+    ls = ssub.add_parser("ls", help="list finished artifacts")
+    ls.add_argument("--stage")
+    ls.add_argument("--json", action="store_true")
+    ve = ssub.add_parser("verify", help="recompute checksums; non-zero exit on any mismatch")
+    gc = ssub.add_parser("gc", help="remove artifacts no given config references")
+    gc.add_argument("--dry-run", action="store_true")
+    pa = ssub.add_parser("path", help="path of an artifact by its human-readable name")
+    pa.add_argument("name")
+    for sp, func in ((ls, cmd_store_ls), (ve, cmd_store_verify), (gc, cmd_store_gc), (pa, cmd_store_path)):
+        sp.add_argument("--store", help="store root (default: the config's `store`)")
+        if sp is gc:
+            sp.add_argument("--configfile", type=Path, action="append", help="repeatable; default config/config.yaml")
+        else:
+            sp.add_argument("--configfile", type=Path, default=None)
+        sp.set_defaults(func=func)
+
+    bu = sub.add_parser("build", help="build one artifact from its plan spec (used by the Snakemake rules)")
+    bu.add_argument("--spec", required=True, help="the artifact spec as JSON")
+    bu.add_argument("--store", required=True)
+    bu.set_defaults(func=cmd_build)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"randsae: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

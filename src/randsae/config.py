@@ -1,0 +1,193 @@
+"""Load, validate and normalise a randsae config.
+
+One JSON Schema (config/schema.yaml) validates every config. After validation the config is
+normalised: every default is written in and every ``number`` field becomes a float. Keys
+are computed from the normalised form only, so the key order in the YAML, writing a default
+or omitting it, and ``1`` versus ``1.0`` never change an artifact key.
+
+Errors name the key path (``models.pythia-70m.layers[2]``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "config"
+SCHEMA_PATH = CONFIG_DIR / "schema.yaml"
+DEFAULT_CONFIG = CONFIG_DIR / "config.yaml"
+
+Config = dict[str, Any]
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message lists every problem with its key path."""
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _key_path(path: Iterator[Any] | Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _subschema(err: ValidationError) -> dict[str, Any]:
+    s = err.schema
+    return s if isinstance(s, dict) else {}
+
+
+def _allowed_keys(err: ValidationError) -> list[str]:
+    return sorted(_subschema(err).get("properties", {}))
+
+
+def _describe(err: ValidationError) -> str:
+    """One line per problem: the key path, then what is wrong and what is allowed."""
+    where = _key_path(err.absolute_path)
+    v = err.validator
+    if v == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = _allowed_keys(err)
+        if not allowed:  # a mapping of names (models): the problem is inside, not the name
+            return f"{where}: {err.message}"
+        lines = []
+        for extra in sorted(set(err.instance) - set(allowed)):
+            hint = difflib.get_close_matches(extra, allowed, n=1)
+            near = f"; did you mean {hint[0]!r}?" if hint else ""
+            key = f"{where}.{extra}" if err.absolute_path else extra
+            lines.append(f"{key}: unknown key (allowed: {', '.join(allowed)}){near}")
+        return "\n".join(lines)
+    if v == "required":
+        return f"{where}: {err.message} (required keys: {', '.join(err.validator_value)})"
+    if v == "enum":
+        return f"{where}: {err.instance!r} is not allowed; allowed: {', '.join(map(repr, err.validator_value))}"
+    if v == "type":
+        want = err.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return f"{where}: must be of type {want}, got {type(err.instance).__name__} {err.instance!r}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
+        return f"{where}: {err.instance!r} is out of range; must be {op} {err.validator_value}"
+    if v == "oneOf":
+        desc = _subschema(err).get("description", "see config/schema.yaml")
+        return f"{where}: {err.instance!r} is not valid; expected {desc}"
+    if v == "propertyNames" or "propertyNames" in err.schema_path:
+        return f"{where}: name {err.instance!r} is not allowed; names use a-z, 0-9, '.', '_', '-'"
+    return f"{where}: {err.message}"
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Raise ConfigError listing every schema violation and cross-field problem."""
+    validator = Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    problems = [_describe(e) for e in errors]
+    if not problems:
+        problems = _cross_field_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+_SOURCE_FIELDS = {"packaged": {"name"}, "hub": {"id"}, "local": {"path"}, "gguf": {"path"}}
+_CORPUS_FIELDS = {"packaged": {"name"}, "hf": {"id"}, "files": {"paths", "format"}}
+
+
+def _need(where: str, src: Mapping[str, Any], kinds: dict[str, set[str]]) -> list[str]:
+    kind = src["kind"]
+    missing = sorted(kinds[kind] - set(src))
+    if missing:
+        return [f"{where}: kind {kind!r} needs {', '.join(missing)}"]
+    return []
+
+
+def _cross_field_problems(cfg: Mapping[str, Any]) -> list[str]:
+    """Rules a JSON schema states badly: which fields each source kind needs."""
+    problems: list[str] = []
+    for name, m in cfg["models"].items():
+        problems += _need(f"models.{name}.source", m["source"], _SOURCE_FIELDS)
+    problems += _need("corpus.source", cfg["corpus"]["source"], _CORPUS_FIELDS)
+    src = cfg["corpus"]["source"]
+    if src["kind"] == "files" and src.get("format") in ("jsonl", "parquet") and "text_field" not in src:
+        pass  # text_field has a default
+    return problems
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    if not ref:
+        return node
+    target: Any = schema()
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+
+
+def _normalise(value: Any, node: dict[str, Any]) -> Any:
+    node = _resolve(node)
+    if isinstance(value, dict):
+        out = {}
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        for key, sub in props.items():
+            if key in value:
+                out[key] = _normalise(value[key], sub)
+            elif "default" in _resolve(sub):
+                out[key] = _normalise(copy.deepcopy(_resolve(sub)["default"]), sub)
+        for key in value:
+            if key not in props and isinstance(extra, dict):
+                out[key] = _normalise(value[key], extra)
+        return out
+    if isinstance(value, list):
+        items = node.get("items")
+        return [_normalise(v, items) if isinstance(items, dict) else v for v in value]
+    types = node.get("type")
+    types = types if isinstance(types, list) else [types]
+    if "number" in types and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def normalise(cfg: Mapping[str, Any]) -> Config:
+    """Validated config with every default filled in (pure; does not touch the input)."""
+    validate(cfg)
+    out = _normalise(copy.deepcopy(dict(cfg)), schema())
+    validate(out)  # defaults must themselves be valid
+    return out
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read a YAML config (default: config/config.yaml), validate and normalise it."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return normalise(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def as_list(v: int | list[int]) -> list[int]:
+    """Grid fields accept one value or a list."""
+    return list(v) if isinstance(v, list) else [v]
