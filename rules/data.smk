@@ -16,6 +16,6 @@ for _stage, _res in DATA_STAGES.items():
         params: spec=stage_spec(_stage)
         log: f"logs/{_stage}/{{key}}.log"
         wildcard_constraints: key=KEY_PATTERN
-        threads: 2
+        threads: 1
         resources: **_res
         shell: BUILD_CMD

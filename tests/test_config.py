@@ -7,10 +7,9 @@ import copy
 
 import pytest
 import yaml
-
-from randsae.config import DEFAULT_CONFIG, CONFIG_DIR, ConfigError, load_config, normalise
-
 from _helpers import tiny_config
+
+from randsae.config import CONFIG_DIR, DEFAULT_CONFIG, ConfigError, load_config, normalise
 
 
 @pytest.fixture

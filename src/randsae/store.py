@@ -32,6 +32,8 @@ import randsae
 
 META = "meta.json"
 PARTIAL = ".partial"
+# Bookkeeping files that workflow managers drop into output directories; not content.
+IGNORED = frozenset({META, ".snakemake_timestamp"})
 LOCKS = ".locks"
 
 
@@ -51,7 +53,7 @@ def file_manifest(root: Path) -> dict[str, dict[str, Any]]:
     """{relative path: {size, sha256}} for every file under root except meta.json."""
     out: dict[str, dict[str, Any]] = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.relative_to(root).as_posix() != META:
+        if p.is_file() and p.relative_to(root).as_posix() not in IGNORED:
             out[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     return out
 
