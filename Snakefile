@@ -15,6 +15,7 @@ PY = sys.executable
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/gpu.smk"
 
 
 rule all:

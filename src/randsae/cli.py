@@ -5,7 +5,8 @@
     randsae store verify [--store DIR]
     randsae store gc [--configfile F ...] [--dry-run]
     randsae store path NAME [--configfile F]
-    randsae build --spec JSON [--store DIR]     (what the Snakemake rules call)
+    randsae build --spec JSON --store DIR                 (what the Snakemake rules call)
+    randsae build-activations --specs JSON --store DIR    (several layers, one pass)
 
 Store commands take the store root from ``--store``, else from the config.
 """
@@ -141,6 +142,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_activations(args: argparse.Namespace) -> int:
+    from randsae.stages.activations import build_group
+
+    specs: list[dict[str, Any]] = json.loads(args.specs)
+    build_group(specs, Store(args.store), batch_size=args.batch_size, chunk_tokens=args.chunk_tokens)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -175,6 +184,13 @@ def parser() -> argparse.ArgumentParser:
     bu.add_argument("--spec", required=True, help="the artifact spec as JSON")
     bu.add_argument("--store", required=True)
     bu.set_defaults(func=cmd_build)
+
+    ba = sub.add_parser("build-activations", help="build several layers' activations in one pass (used by the rules)")
+    ba.add_argument("--specs", required=True, help="JSON list of activation artifact specs (same model and tokens)")
+    ba.add_argument("--store", required=True)
+    ba.add_argument("--batch-size", type=int, default=8)
+    ba.add_argument("--chunk-tokens", type=int, default=16384)
+    ba.set_defaults(func=cmd_build_activations)
     return p
 
 

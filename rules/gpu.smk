@@ -1,0 +1,42 @@
+# GPU stages. Activations: one job per (model variant, train tokens) computes every layer
+# that is not in the store yet in a single forward pass, so its rule is generated per group
+# with exactly those layers as outputs. Adding a layer later makes a job for that layer
+# alone; the other layers' artifacts (same keys) are untouched.
+import hashlib
+from collections import defaultdict
+from pathlib import Path
+
+ACT_RESOURCES = {"mem_mb": 16000, "runtime": 240}
+
+
+def _activation_groups():
+    groups = defaultdict(list)
+    for a in PLAN.stage("activations"):
+        groups[(a.inputs["model"], a.inputs["tokens"])].append(a)
+    return groups
+
+
+def family_resources(family, defaults):
+    """Resources a profile sets for a rule family (set-resources: <family>: ...), applied
+    to generated rules whose names carry a suffix."""
+    settings = getattr(workflow, "resource_settings", None)
+    parsed = getattr(settings, "_parsed_overwrite_resources", {}) or {}
+    return {**defaults, **{k: v.raw if hasattr(v, "raw") else v for k, v in parsed.get(family, {}).items()}}
+
+
+for (_model_key, _tokens_key), _arts in sorted(_activation_groups().items()):
+    _todo = [a for a in _arts if not Path(artifact_path(a), "meta.json").is_file()] or _arts
+    _gid = hashlib.sha256((_model_key + _tokens_key).encode()).hexdigest()[:10]
+    _specs = shlex.quote(canonical_json([a.spec() for a in sorted(_todo, key=lambda a: a.key)]))
+
+    rule:
+        name: f"activations_{_gid}"
+        output: [directory(artifact_path(a)) for a in _todo]
+        input: model=f"{STORE}/model/{_model_key}", tokens=f"{STORE}/tokens/{_tokens_key}"
+        params: specs=_specs, batch=CFG["activations"]["batch_size"], chunk=CFG["activations"]["chunk_tokens"]
+        log: f"logs/activations/{_gid}.log"
+        threads: 2
+        resources: **family_resources("activations", ACT_RESOURCES)
+        shell:
+            f"{shlex.quote(PY)} -m randsae build-activations --store {shlex.quote(STORE)} "
+            "--batch-size {params.batch} --chunk-tokens {params.chunk} --specs {params.specs} > {log} 2>&1"
