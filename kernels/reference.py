@@ -12,7 +12,7 @@ gathered ``[N, k, d]`` block. Each operation is expressed as one fused library c
 structure with ``N * k`` non-zeros:
 
     decode            embedding_bag(indices, W_dec, per_sample_weights=values)   (gather-and-sum)
-    grad of values    sampled_addmm on the [N, L] TopK pattern                   (k dots per token)
+    grad of values    embedding_bag's per-sample-weight gradient kernel          (k dots per token)
     grad of W_dec     CSR[L, N](values) @ grad_out                               (latent-major sum)
     grad of W_enc     CSR[L, N](grad_values) @ x
 
@@ -66,7 +66,9 @@ def sparse_decode_ref(
     """
     out_dtype = torch.promote_types(values.dtype, W_dec.dtype)
     dtype = _compute_dtype(out_dtype)
-    out = F.embedding_bag(indices, W_dec.to(dtype), per_sample_weights=values.to(dtype), mode="sum")
+    out = F.embedding_bag(
+        indices.contiguous(), W_dec.to(dtype), per_sample_weights=values.to(dtype), mode="sum"
+    )
     return out.to(out_dtype)
 
 
@@ -75,20 +77,36 @@ def sparse_decode_grad_values_ref(
 ) -> torch.Tensor:
     """grad_values[n, j] = <grad_out[n], W_dec[indices[n, j]]>  -> [N, k] in values_dtype.
 
-    This is (grad_out @ W_dec.T) sampled at the TopK pattern; sampled_addmm computes only the
-    N*k sampled dots.
+    Uses the kernel behind embedding_bag's per_sample_weights gradient, which computes exactly
+    these N*k dots without gathering rows into a buffer. It is an internal ATen op (stable since
+    torch 1.x); where it is missing, a chunked gather stands in. (Public sampled_addmm on the TopK
+    pattern is as fast but fails when a row repeats an id.)
     """
     n, k = indices.shape
     dtype = _compute_dtype(grad_out.dtype, W_dec.dtype)
-    crow = torch.arange(0, n * k + 1, k, device=indices.device, dtype=torch.int64)
-    pattern = _csr(
-        crow,
-        indices.reshape(-1).long(),
-        torch.zeros(n * k, dtype=dtype, device=indices.device),
-        (n, W_dec.shape[0]),
-    )
-    sampled = torch.sparse.sampled_addmm(pattern, grad_out.to(dtype), W_dec.to(dtype).T, beta=0.0)
-    return sampled.values().view(n, k).to(values_dtype)
+    grad_out, W_dec = grad_out.to(dtype), W_dec.to(dtype)
+    op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
+    if op is None:
+        return _grad_values_by_gather(grad_out, indices, W_dec).to(values_dtype)
+    idx = indices.reshape(-1).long().contiguous()
+    device = indices.device
+    offsets = torch.arange(0, n * k, k, device=device, dtype=torch.int64)
+    bag_of = torch.arange(n, device=device, dtype=torch.int64).repeat_interleave(k)
+    flat = op(grad_out.contiguous(), W_dec, idx, offsets, bag_of, 0, -1)  # mode 0 = sum
+    return flat.view(n, k).to(values_dtype)
+
+
+def _grad_values_by_gather(
+    grad_out: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """Fallback for sparse_decode_grad_values_ref: gathers [chunk, k, d] rows at a time, so the
+    buffer stays cache-sized instead of [N, k, d]."""
+    n, k = indices.shape
+    out = torch.empty(n, k, dtype=grad_out.dtype, device=grad_out.device)
+    for s in range(0, n, chunk):
+        rows = W_dec[indices[s : s + chunk]]  # [c, k, d]
+        torch.bmm(rows, grad_out[s : s + chunk, :, None], out=out[s : s + chunk, :, None])
+    return out
 
 
 def sparse_decode_grad_weight_ref(

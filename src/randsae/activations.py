@@ -54,11 +54,8 @@ def capture_layers(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int
 @torch.inference_mode()
 def run_to_layers(model: nn.Module, input_ids: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """{layer: hidden state [batch, seq, d_model]} for the requested layers, in one pass."""
-    with capture_layers(model, layers) as captured:
-        try:
-            model(input_ids=input_ids, use_cache=False)
-        except StopForward:
-            pass
+    with capture_layers(model, layers) as captured, contextlib.suppress(StopForward):
+        model(input_ids=input_ids, use_cache=False)
     missing = set(layers) - set(captured)
     if missing:
         raise RuntimeError(f"the forward pass never reached layers {sorted(missing)}")
