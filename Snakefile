@@ -4,7 +4,7 @@
 import sys
 
 from randsae.config import DEFAULT_CONFIG, normalise, load_config
-from randsae.plan import build_plan
+from randsae.plan import IMPLEMENTED_STAGES, build_plan
 
 # Snakemake merges --configfile over a `configfile:` directive, which would mix two
 # experiments' model lists, so the default is loaded only when no config was given.
@@ -16,6 +16,7 @@ PY = sys.executable
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/gpu.smk"
+include: "rules/generic.smk"
 
 
 rule all:

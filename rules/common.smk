@@ -29,4 +29,7 @@ def stage_spec(stage):
     return spec
 
 
+# stage -> default resources of its generic rule; each family's .smk adds its stages
+STAGE_RESOURCES = {}
+
 BUILD_CMD = f"{shlex.quote(PY)} -m randsae build --store {shlex.quote(STORE)} --spec {{params.spec}} > {{log}} 2>&1"

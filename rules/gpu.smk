@@ -8,6 +8,11 @@ from pathlib import Path
 
 ACT_RESOURCES = {"mem_mb": 16000, "runtime": 240}
 
+STAGE_RESOURCES.update({
+    "sae": {"mem_mb": 16000, "runtime": 720},
+    "sae_metrics": {"mem_mb": 16000, "runtime": 120},
+})
+
 
 def _activation_groups():
     groups = defaultdict(list)

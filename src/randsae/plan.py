@@ -37,7 +37,7 @@ STAGES = tuple(STAGE_VERSIONS)
 
 #: Stages with a runner and a Snakemake rule. The plan describes every stage; the DAG asks
 #: only for these.
-IMPLEMENTED_STAGES: frozenset[str] = frozenset({"model", "tokens", "activations"})
+IMPLEMENTED_STAGES: frozenset[str] = frozenset({"model", "tokens", "activations", "sae", "sae_metrics"})
 
 KEY_LENGTH = 20  # hex digits of sha256: 80 bits
 
@@ -189,7 +189,7 @@ def _sae_grid(cfg: Config) -> list[tuple[int, int, int]]:
 
 def _sae_params(cfg: Config, expansion: int, k: int, seed: int) -> dict[str, Any]:
     s = cfg["sae"]
-    fixed = {key: v for key, v in s.items() if key not in ("expansion", "k", "seeds")}
+    fixed = {key: v for key, v in s.items() if key not in ("expansion", "k", "seeds", "checkpoint_every_steps")}
     return {**fixed, "expansion": expansion, "k": k, "seed": seed}
 
 
@@ -212,8 +212,9 @@ def build_plan(cfg: Config) -> Plan:
                 for expansion, k, seed in _sae_grid(cfg):
                     tag = f"{mname}/{variant}/L{layer}/x{expansion}-k{k}/s{seed}"
                     sae = b.add("sae", tag, _sae_params(cfg, expansion, k, seed), {"activations": acts})
-                    b.add("sae_metrics", tag, {"max_tokens": cfg["metrics"]["max_tokens"], "variant": variant, "model_dtype": m["dtype"]}, {"model": model, "sae": sae, "tokens": tokens["eval"]})
-                    latents = b.add("latents", tag, {"model_dtype": m["dtype"]}, {"model": model, "sae": sae, "tokens": tokens["interp"]})
+                    where = {"layer": layer, "model_dtype": m["dtype"], "drop_first_position": act_params["drop_first_position"]}
+                    b.add("sae_metrics", tag, {**where, "max_tokens": cfg["metrics"]["max_tokens"], "variant": variant}, {"model": model, "sae": sae, "tokens": tokens["eval"]})
+                    latents = b.add("latents", tag, where, {"model": model, "sae": sae, "tokens": tokens["interp"]})
                     ex_params = {k2: ai[k2] for k2 in ("n_latents", "min_activations", "window", "explainer_examples", "explainer_sampling", "test_examples", "n_quantiles", "non_activating", "seed")}
                     examples = b.add("examples", tag, ex_params, {"latents": latents, "tokens": tokens["interp"], "tokenizer": models["trained"]})
                     llm = {"explainer": ai["explainer"], "client": ai["client"], "anthropic_model": ai["anthropic_model"], "local_model": ai["local_model"]}

@@ -20,6 +20,8 @@ log = logging.getLogger("randsae")
 RUNNERS: dict[str, str] = {
     "model": "randsae.stages.model",
     "tokens": "randsae.stages.tokens",
+    "sae": "randsae.stages.sae",
+    "sae_metrics": "randsae.stages.sae_metrics",
 }
 
 

@@ -1,0 +1,298 @@
+"""Stream one layer's activations from Zarr as shuffled batches, in bounded memory, resumably.
+
+Shuffle scheme (a windowed shuffle, chosen because it can resume exactly from a tiny cursor):
+
+* The array is read in blocks of contiguous rows (its shard, else chunk, length along tokens).
+* Each epoch visits the blocks in a random order drawn from ``(data_seed, epoch)``.
+* Consecutive blocks of that order form a window of about ``shuffle_buffer_tokens`` rows. A
+  window's rows are read, filtered (non-finite rows dropped and counted), and permuted with a
+  permutation drawn from ``(data_seed, epoch, window)``; batches are cut from the concatenation
+  of the permuted windows.
+* A background thread reads and permutes the next window while the current one is consumed, so
+  I/O overlaps compute. Memory: the current window plus one prefetched window.
+
+Because every permutation is a pure function of the seeds and the position, the cursor
+(:meth:`ActivationStream.state_dict`) is just (epoch, window, offset, batches) plus counters: no
+buffer contents and no RNG state need saving, and a restored stream yields exactly the batches the
+original would have.
+
+Bad input: a non-2-D array, a non-float dtype or a width different from the expected d_model is
+an error naming the path; rows containing NaN or +-inf are skipped and counted
+(``nonfinite_rows``); an epoch with no finite row at all is an error. Zero-variance batches are the
+trainer's business (it skips and counts them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from randsae import zarr_io
+
+STREAM_STATE_VERSION = 1
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+WindowKey = tuple[int, int]  # (epoch, window)
+
+
+class ActivationDataError(ValueError):
+    """The activation array cannot be used for training; the message names the path."""
+
+
+class ActivationStream:
+    """Seeded, resumable, prefetching batch stream over a [n_tokens, d_model] randsae array.
+
+    ``max_tokens=None`` means one pass (the last partial batch is dropped); otherwise the stream
+    yields ``max_tokens // batch_size`` batches, starting a freshly shuffled pass whenever one ends.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int,
+        shuffle_buffer_tokens: int,
+        data_seed: int,
+        max_tokens: int | None = None,
+        expected_d_model: int | None = None,
+        prefetch: bool = True,
+    ) -> None:
+        self.path = str(path)
+        self.arr = _open_checked(self.path, expected_d_model)
+        self.n_tokens, self.d_model = (int(s) for s in self.arr.shape)
+        self.logical_dtype = zarr_io.logical_dtype(self.arr)
+        self.batch_size = batch_size
+        self.data_seed = data_seed
+        shards = getattr(self.arr, "shards", None)
+        self.block_rows = int(shards[0] if shards else self.arr.chunks[0])
+        self.n_blocks = math.ceil(self.n_tokens / self.block_rows)
+        self.blocks_per_window = max(1, shuffle_buffer_tokens // self.block_rows)
+        self.n_windows = math.ceil(self.n_blocks / self.blocks_per_window)
+        self.max_batches = None if max_tokens is None else max_tokens // batch_size
+        self.single_pass = max_tokens is None
+        # cursor
+        self.epoch = self.window = self.offset = self.batches = 0
+        self.nonfinite_rows = 0
+        self.rows_read = 0
+        self._current: torch.Tensor | None = None
+        self._current_counted = False
+        self._empty_windows_in_a_row = 0
+        self._orders: dict[int, np.ndarray] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sae-prefetch") if prefetch else None
+        self._pending: tuple[WindowKey, Future] | None = None
+
+    # -- public API -----------------------------------------------------------------------------
+
+    @property
+    def expected_batches(self) -> int:
+        """Batches the stream will yield (one pass: an upper bound if rows get skipped)."""
+        if self.max_batches is not None:
+            return self.max_batches
+        return self.n_tokens // self.batch_size
+
+    def next_batch(self) -> torch.Tensor | None:
+        """The next [batch_size, d_model] batch in the array's logical dtype, or None at the end."""
+        if self.max_batches is not None and self.batches >= self.max_batches:
+            return None
+        parts: list[torch.Tensor] = []
+        need = self.batch_size
+        while need > 0:
+            rows = self._current_window()
+            if rows is None:
+                return None
+            take = rows[self.offset : self.offset + need]
+            parts.append(take)
+            need -= take.shape[0]
+            self.offset += take.shape[0]
+            if self.offset >= rows.shape[0]:
+                self._advance_window()
+        self.batches += 1
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def __iter__(self):
+        while (batch := self.next_batch()) is not None:
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The cursor: enough to resume exactly (see module docstring)."""
+        return {
+            "version": STREAM_STATE_VERSION,
+            "identity": self._identity(),
+            "epoch": self.epoch,
+            "window": self.window,
+            "offset": self.offset,
+            "batches": self.batches,
+            "nonfinite_rows": self.nonfinite_rows,
+            "rows_read": self.rows_read,
+            "current_counted": self._current is not None and self._current_counted,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STREAM_STATE_VERSION:
+            raise ValueError(
+                f"stream cursor version {state.get('version')}, expected {STREAM_STATE_VERSION}"
+            )
+        if state["identity"] != self._identity():
+            raise ValueError(
+                f"{self.path}: cursor was saved for a different array or stream settings: "
+                f"{state['identity']} != {self._identity()}"
+            )
+        self._drop_pending()
+        self.epoch, self.window = state["epoch"], state["window"]
+        self.offset, self.batches = state["offset"], state["batches"]
+        self.nonfinite_rows, self.rows_read = state["nonfinite_rows"], state["rows_read"]
+        self._current = None
+        # The window under the cursor was already counted before the save: reloading it must
+        # not count its rows again.
+        self._current_counted = bool(state["current_counted"])
+
+    def counters(self) -> dict[str, int]:
+        return {"nonfinite_rows": self.nonfinite_rows, "rows_read": self.rows_read}
+
+    def close(self) -> None:
+        self._drop_pending()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> ActivationStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- windows --------------------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "n_tokens": self.n_tokens,
+            "d_model": self.d_model,
+            "block_rows": self.block_rows,
+            "blocks_per_window": self.blocks_per_window,
+            "data_seed": self.data_seed,
+            "batch_size": self.batch_size,
+            "max_batches": self.max_batches,
+        }
+
+    def _ended(self, key: WindowKey) -> bool:
+        return self.single_pass and key[0] >= 1
+
+    def _next_key(self, key: WindowKey) -> WindowKey:
+        epoch, window = key
+        return (epoch, window + 1) if window + 1 < self.n_windows else (epoch + 1, 0)
+
+    def _current_window(self) -> torch.Tensor | None:
+        while self._current is None:
+            key = (self.epoch, self.window)
+            if self._ended(key):
+                return None
+            rows, n_bad, n_read = self._fetch(key)
+            if not self._current_counted:
+                self.nonfinite_rows += n_bad
+                self.rows_read += n_read
+            self._current_counted = True
+            self._prefetch(self._next_key(key))
+            if rows.shape[0] == 0:
+                self._empty_windows_in_a_row += 1
+                if self._empty_windows_in_a_row >= self.n_windows:
+                    raise ActivationDataError(
+                        f"{self.path}: no finite rows in a whole pass over the array"
+                    )
+                self._advance_window()
+                continue
+            self._empty_windows_in_a_row = 0
+            self._current = rows
+        return self._current
+
+    def _advance_window(self) -> None:
+        self.epoch, self.window = self._next_key((self.epoch, self.window))
+        self.offset = 0
+        self._current = None
+        self._current_counted = False
+
+    def _fetch(self, key: WindowKey) -> tuple[torch.Tensor, int, int]:
+        if self._pending is not None and self._pending[0] == key:
+            fut = self._pending[1]
+            self._pending = None
+            return fut.result()
+        self._drop_pending()
+        return self._load_window(key)
+
+    def _prefetch(self, key: WindowKey) -> None:
+        if self._pool is None or self._ended(key):
+            return
+        self._drop_pending()
+        self._pending = (key, self._pool.submit(self._load_window, key))
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            fut = self._pending[1]
+            self._pending = None
+            fut.cancel()
+            if not fut.cancelled():
+                # Wait for the running load; its error (if any) resurfaces if the window is
+                # needed again and loaded synchronously.
+                with contextlib.suppress(Exception):
+                    fut.result()
+
+    def _block_order(self, epoch: int) -> np.ndarray:
+        order = self._orders.get(epoch)
+        if order is None:  # called from both threads: compute locally, cache only the latest
+            order = np.random.default_rng([self.data_seed, 0, epoch]).permutation(self.n_blocks)
+            self._orders = {epoch: order}
+        return order
+
+    def _load_window(self, key: WindowKey) -> tuple[torch.Tensor, int, int]:
+        """Read, filter and permute one window: (rows, non-finite rows dropped, rows read)."""
+        epoch, window = key
+        order = self._block_order(epoch)
+        blocks = order[window * self.blocks_per_window : (window + 1) * self.blocks_per_window]
+        parts = [
+            zarr_io.read_rows(
+                self.arr,
+                int(b) * self.block_rows,
+                min((int(b) + 1) * self.block_rows, self.n_tokens),
+            )
+            for b in blocks
+        ]
+        rows = torch.cat(parts) if len(parts) > 1 else parts[0]
+        n_read = rows.shape[0]
+        finite = torch.isfinite(rows).all(dim=1)
+        n_bad = n_read - int(finite.sum())
+        if n_bad:
+            rows = rows[finite]
+        perm = np.random.default_rng([self.data_seed, 1, epoch, window]).permutation(rows.shape[0])
+        return rows[torch.from_numpy(perm)], n_bad, n_read
+
+
+def _open_checked(path: str, expected_d_model: int | None):
+    try:
+        arr = zarr_io.open_array(path)
+    except FileNotFoundError as e:
+        raise ActivationDataError(f"{path}: no activation array there") from e
+    if len(arr.shape) != 2:
+        raise ActivationDataError(
+            f"{path}: expected a [n_tokens, d_model] array, got shape {tuple(arr.shape)}"
+        )
+    dtype = zarr_io.logical_dtype(arr)
+    if dtype not in FLOAT_DTYPES:
+        raise ActivationDataError(f"{path}: activations must be one of {FLOAT_DTYPES}, got {dtype}")
+    n, width = (int(s) for s in arr.shape)
+    if expected_d_model is not None and width != expected_d_model:
+        raise ActivationDataError(
+            f"{path}: activation rows have width {width}, expected d_model = {expected_d_model}"
+        )
+    attr_width = arr.attrs.get("d_model")
+    if attr_width is not None and int(str(attr_width)) != width:
+        raise ActivationDataError(
+            f"{path}: array attribute d_model = {attr_width} but rows have width {width}"
+        )
+    if n == 0:
+        raise ActivationDataError(f"{path}: the activation array has no rows")
+    return arr
