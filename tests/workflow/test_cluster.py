@@ -69,17 +69,19 @@ def test_tiny_dag_through_slurm_equals_local_run(cluster, tmp_path, tiny_model_d
     cfg_local = tiny_config(tiny_model_dir, tmp_path / "local" / "store")
     out = run(tmp_path / "slurm", cfg_slurm, profile)
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", out)
-    assert len(job_ids) == 7  # 2 models, 3 token splits, 2 activation passes
+    assert len(job_ids) == 11  # 2 models, 3 token splits, 2 activation passes, 2 SAEs, 2 metrics
     # GPU stages went to the GPU partition with a GPU; the rest to the CPU partition
     for rule, jid in re.findall(r"rule_(\w+?)/(\d+)\.log", out):
         show = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True).stdout
-        if rule.startswith("activations"):
+        if rule.startswith(("activations", "sae")):
             assert "Partition=gpu" in show and "gpu:1" in show, show
         else:
             assert "Partition=cpu" in show, show
     run(tmp_path / "local", cfg_local, REPO / "profiles" / "local")
     slurm_store, local_store = Store(tmp_path / "slurm" / "store"), Store(tmp_path / "local" / "store")
-    slurm_meta = {m["key"]: m["files"] for m in slurm_store.iter_meta()}
-    local_meta = {m["key"]: m["files"] for m in local_store.iter_meta()}
-    assert slurm_meta == local_meta and len(slurm_meta) == 7
+    def content(store):  # file checksums, minus the training summary (it records wall time)
+        return {m["key"]: {f: v for f, v in m["files"].items() if f != "train_summary.json"} for m in store.iter_meta()}
+
+    slurm_meta, local_meta = content(slurm_store), content(local_store)
+    assert slurm_meta == local_meta and len(slurm_meta) == 11
     assert slurm_store.verify() == []

@@ -20,6 +20,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 pytestmark = pytest.mark.slow
 
+# jobs per variant-layer below the activations: one pass, one SAE, one metrics row (x2 variants)
+DOWNSTREAM_OF_ACTS = {"activations": 2, "sae": 2, "sae_metrics": 2}
+
 
 def snakemake(workdir: Path, config: dict, *args: str, profile: str = "local") -> str:
     cfgfile = workdir / "config.yaml"
@@ -58,6 +61,7 @@ def test_complete_run_then_nothing_to_do(built):
     store = Store(wd / "store")
     assert len(list(store.iter_meta("model"))) == 2 and len(list(store.iter_meta("tokens"))) == 3
     assert len(list(store.iter_meta("activations"))) == 2
+    assert len(list(store.iter_meta("sae"))) == 2 and len(list(store.iter_meta("sae_metrics"))) == 2
     assert store.verify() == []
     assert planned_jobs(snakemake(wd, cfg, "-n")) == {}
     out = snakemake(wd, cfg, "--cores", "1")  # a real no-op run
@@ -68,9 +72,9 @@ def test_corpus_edit_reruns_exactly_the_affected_jobs_and_revert_runs_none(built
     wd, cfg = built
     edited = yaml.safe_load(yaml.safe_dump(cfg))
     edited["corpus"]["splits"]["train"]["tokens"] = 4096  # only the train split depends on it
-    assert planned_jobs(snakemake(wd, edited, "-n")) == {"tokens": 1, "activations": 2}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"tokens": 1, **DOWNSTREAM_OF_ACTS}
     edited["corpus"]["shuffle_seed"] = 1  # every split depends on the shuffle
-    assert planned_jobs(snakemake(wd, edited, "-n")) == {"tokens": 3, "activations": 2}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"tokens": 3, **DOWNSTREAM_OF_ACTS}
     edited["corpus"]["shuffle_seed"] = 0
     snakemake(wd, edited, "--cores", "2")  # build the edit for real ...
     assert planned_jobs(snakemake(wd, cfg, "-n")) == {}  # ... and the original is still there
@@ -80,9 +84,9 @@ def test_variant_edit_reruns_only_that_model(built):
     wd, cfg = built
     edited = yaml.safe_load(yaml.safe_dump(cfg))
     edited["variants"] = ["trained", "rerandomized", "control"]
-    assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 1, "activations": 1}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 1, "activations": 1, "sae": 1, "sae_metrics": 1}
     edited["seed"] = 3  # seeded variants only; trained and the tokenizer-bound tokens stay
-    assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 2, "activations": 2}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 2, **DOWNSTREAM_OF_ACTS}
 
 
 def test_adding_a_layer_runs_only_that_layers_jobs(built):
@@ -90,7 +94,7 @@ def test_adding_a_layer_runs_only_that_layers_jobs(built):
     edited = yaml.safe_load(yaml.safe_dump(cfg))
     edited["models"]["tiny"]["layers"] = [1, 2]
     out = snakemake(wd, edited, "-n")
-    assert planned_jobs(out) == {"activations": 2}  # one pass per variant ...
+    assert planned_jobs(out) == DOWNSTREAM_OF_ACTS  # one pass per variant ...
     planned_outputs = set(re.findall(r"output: (store/activations/\w+|\S+/activations/\w+)", out))
     built_keys = {m["key"] for m in Store(wd / "store").iter_meta("activations")}
     assert len(planned_outputs) == 2 and not any(p.rsplit("/", 1)[1] in built_keys for p in planned_outputs)  # ... for L2 only
@@ -99,4 +103,14 @@ def test_adding_a_layer_runs_only_that_layers_jobs(built):
 def test_slurm_profile_plans_the_dag(built, tmp_path, tiny_model_dir):
     cfg = tiny_config(tiny_model_dir, tmp_path / "store")
     counts = planned_jobs(snakemake(tmp_path, cfg, "-n", profile="slurm"))
-    assert counts == {"model": 2, "tokens": 3, "activations": 2}
+    assert counts == {"model": 2, "tokens": 3, **DOWNSTREAM_OF_ACTS}
+
+
+def test_sae_edit_reuses_activations(built):
+    wd, cfg = built
+    edited = yaml.safe_load(yaml.safe_dump(cfg))
+    edited["sae"]["k"] = 8
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"sae": 2, "sae_metrics": 2}
+    edited["metrics"] = {"max_tokens": 1024}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"sae": 2, "sae_metrics": 2}
+    assert planned_jobs(snakemake(wd, cfg, "-n")) == {}
