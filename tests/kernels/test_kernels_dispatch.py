@@ -1,0 +1,187 @@
+"""Backend selection (RANDSAE_KERNELS) and the autograd wrapper, on the CPU torch path.
+
+Routing through the Triton kernels themselves is tested in test_kernels_triton.py, which needs
+an interpreter (or GPU) process.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import randsae.kernels as kernels
+import torch
+from randsae.kernels import dispatch, reference
+
+CUDA_LIKE = types.SimpleNamespace(device=torch.device("cuda", 0))  # only .device is consulted
+CPU = torch.zeros(1)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    monkeypatch.delenv("RANDSAE_KERNELS", raising=False)
+
+
+def make_case(n, d, n_latents, k, dtype, distinct=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    if distinct:
+        indices = torch.rand(n, n_latents, generator=gen).argsort(dim=1)[:, :k]
+    else:
+        indices = torch.randint(0, n_latents, (n, k), generator=gen)
+    values = torch.randn(n, k, generator=gen).to(dtype)
+    W_dec = torch.randn(n_latents, d, generator=gen).to(dtype)
+    grad_out = torch.randn(n, d, generator=gen).to(dtype)
+    return values, indices, W_dec, grad_out
+
+
+# --- backend selection ---------------------------------------------------------------------
+
+
+def test_auto_picks_torch_on_cpu_and_triton_on_cuda(monkeypatch):
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    assert kernels.backend_for(CPU) == "torch"
+    assert kernels.backend_for(CUDA_LIKE) == "triton"
+    monkeypatch.setenv("RANDSAE_KERNELS", "AUTO ")  # case and whitespace tolerant
+    assert kernels.backend_for(CUDA_LIKE) == "triton"
+
+
+def test_auto_on_cuda_without_triton_warns_and_uses_torch(monkeypatch):
+    monkeypatch.setattr(dispatch, "triton_available", lambda: False)
+    dispatch._warn_no_triton_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="triton is not installed"):
+        assert kernels.backend_for(CUDA_LIKE) == "torch"
+
+
+def test_forced_torch_wins_everywhere(monkeypatch):
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    monkeypatch.setenv("RANDSAE_KERNELS", "torch")
+    assert kernels.backend_for(CUDA_LIKE) == "torch"
+    assert kernels.backend_for(CPU) == "torch"
+
+
+def test_unknown_value_is_rejected(monkeypatch):
+    monkeypatch.setenv("RANDSAE_KERNELS", "cuda")
+    with pytest.raises(kernels.KernelBackendError, match="auto, triton, torch"):
+        kernels.backend_for(CPU)
+
+
+def test_forced_triton_without_the_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(dispatch, "triton_available", lambda: False)
+    monkeypatch.setenv("RANDSAE_KERNELS", "triton")
+    with pytest.raises(kernels.KernelBackendError, match=r"randsae\[gpu\]"):
+        kernels.backend_for(CUDA_LIKE)
+
+
+def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    from randsae.kernels import triton_mode
+
+    values, indices, W_dec, _ = make_case(3, 5, 7, 2, torch.float32)
+    monkeypatch.setenv("RANDSAE_KERNELS", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(triton_mode, "interpreted", lambda: False)
+    # Raised by the public entry points before any Triton code runs, with the way out spelled out.
+    for call in (
+        lambda: kernels.sparse_decode(values, indices, W_dec),
+        lambda: kernels.encoder_weight_grad(values, indices, W_dec[:3], 7),
+    ):
+        with pytest.raises(kernels.KernelBackendError) as err:
+            call()
+        message = str(err.value)
+        assert "TRITON_INTERPRET=1" in message
+        assert "on cpu" in message
+        assert "'torch'" in message
+    # The variable set too late (triton already imported without it) gets its own explanation.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(kernels.KernelBackendError, match="only after triton was imported"):
+        kernels.backend_for(CPU)
+    # In an interpreter process the same request is honoured.
+    monkeypatch.setattr(triton_mode, "interpreted", lambda: True)
+    assert kernels.backend_for(CPU) == "triton"
+
+
+# --- autograd wrapper (torch path) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("distinct", [True, False], ids=["topk", "repeated-ids"])
+def test_sparse_decode_passes_gradcheck(distinct):
+    values, indices, W_dec, _ = make_case(4, 5, 7, 3, torch.float64, distinct=distinct)
+    values.requires_grad_()
+    W_dec.requires_grad_()
+    assert torch.autograd.gradcheck(kernels.sparse_decode, (values, indices, W_dec))
+
+
+def test_sparse_decode_matches_autograd_of_the_reference_and_a_dense_oracle():
+    values, indices, W_dec, grad_out = make_case(6, 13, 37, 4, torch.float32)
+
+    def grads(forward):
+        v, W = values.clone().requires_grad_(), W_dec.clone().requires_grad_()
+        out = forward(v, W)
+        out.backward(grad_out)
+        return out, v.grad, W.grad
+
+    ours = grads(lambda v, W: kernels.sparse_decode(v, indices, W))
+    autograd_ref = grads(lambda v, W: reference.sparse_decode_ref(v, indices, W))
+    dense = grads(lambda v, W: torch.einsum("nk,nkd->nd", v, W[indices]))
+    for mine, theirs, oracle in zip(ours, autograd_ref, dense, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mine, oracle, rtol=1e-5, atol=1e-5)
+    assert ours[2][indices.unique()].abs().sum() > 0  # non-trivial gradients were compared
+
+
+def test_only_requested_gradients_are_computed(monkeypatch):
+    def must_not_run(*args):
+        raise AssertionError("decoder-weight gradient computed although W_dec needs no grad")
+
+    monkeypatch.setattr(reference, "sparse_decode_grad_weight_ref", must_not_run)
+    values, indices, W_dec, grad_out = make_case(4, 5, 7, 3, torch.float32)
+    values.requires_grad_()
+    kernels.sparse_decode(values, indices, W_dec).backward(grad_out)
+    assert values.grad is not None and W_dec.grad is None
+
+
+def test_backward_uses_the_backend_chosen_in_forward(monkeypatch):
+    values, indices, W_dec, grad_out = make_case(4, 5, 7, 3, torch.float32)
+    values.requires_grad_()
+    out = kernels.sparse_decode(values, indices, W_dec)  # auto on CPU: torch
+    monkeypatch.setenv("RANDSAE_KERNELS", "not-a-backend")  # would raise if consulted again
+    out.backward(grad_out)
+    expected = torch.einsum("nd,nkd->nk", grad_out, W_dec[indices])
+    torch.testing.assert_close(values.grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_keeps_dtypes_and_accuracy():
+    values, indices, W_dec, grad_out = make_case(6, 40, 37, 8, torch.bfloat16)
+    v, W = values.clone().requires_grad_(), W_dec.clone().requires_grad_()
+    out = kernels.sparse_decode(v, indices, W)
+    out.backward(grad_out)
+    assert out.dtype == v.grad.dtype == W.grad.dtype == torch.bfloat16
+    expected = torch.einsum("nk,nkd->nd", values.double(), W_dec.double()[indices])
+    torch.testing.assert_close(out.double(), expected, rtol=2**-7, atol=1e-3)
+
+
+def test_encoder_weight_grad_dispatches_to_the_reference_on_cpu():
+    grad_values, indices, W_dec, _ = make_case(6, 13, 37, 4, torch.float32)
+    x = torch.randn(6, 13)
+    got = kernels.encoder_weight_grad(grad_values, indices, x, 37)
+    dense = torch.zeros(6, 37).scatter(1, indices, grad_values)
+    torch.testing.assert_close(got, dense.T @ x, rtol=1e-5, atol=1e-5)
+
+
+def test_a_training_step_sorts_the_indices_once(monkeypatch):
+    from randsae.kernels import csr
+
+    builds = []
+    real_build = csr._build_latent_csr
+
+    def counting_build(indices, n_latents):
+        builds.append(n_latents)
+        return real_build(indices, n_latents)
+
+    monkeypatch.setattr(csr, "_build_latent_csr", counting_build)
+    csr.clear_latent_csr_memo()
+    values, indices, W_dec, grad_out = make_case(6, 13, 37, 4, torch.float32)
+    v, W = values.clone().requires_grad_(), W_dec.clone().requires_grad_()
+    kernels.sparse_decode(v, indices, W).backward(grad_out)  # decoder-weight grad: sorts
+    kernels.encoder_weight_grad(v.grad, indices, torch.randn(6, 13), 37)  # reuses the layout
+    assert builds == [37]
