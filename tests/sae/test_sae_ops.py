@@ -35,6 +35,14 @@ def test_decode_and_its_backward_match_reference():
     torch.testing.assert_close(w.grad, ref_gw)
 
 
+def test_gather_dot_paths_agree():
+    values, indices, W = _case(seed=3)
+    g = torch.randn(values.shape[0], W.shape[1])
+    ref = torch.einsum("nd,nkd->nk", g, W[indices])
+    torch.testing.assert_close(ops._gather_dot(g, W, indices), ref)
+    torch.testing.assert_close(ops._gather_dot(g, W, indices, use_aten=False), ref)
+
+
 def test_encoder_weight_grad_matches_reference_and_is_deterministic():
     values, indices, W = _case(seed=1)
     x = torch.randn(values.shape[0], 9)

@@ -139,7 +139,7 @@ def test_zero_variance_batches_are_skipped_and_counted(
     x[:512] = 1.0  # two whole chunks of identical rows
     acts = make_acts(x, chunk=256)
     cfg = small_cfg(shuffle_buffer_tokens=256)  # a window is one chunk: 4 batches of constants
-    res = train_sae(acts, tmp_path / "out", cfg, tmp_path / "ck", progress=False)
+    res = train_sae(acts, tmp_path / "out", cfg, tmp_path / "ck", progress=True)  # bar too
     assert res.zero_variance_batches == 4 and res.steps == 6 and res.tokens == 6 * 128
     const = make_acts(torch.ones(512, 8), name="const")
     with pytest.raises(ValueError, match="zero variance"):

@@ -41,9 +41,10 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
 
-#: CPU: compute the dense pre-activations in row blocks of about this many elements, so the
-#: workspace stays cache-friendly and bounded (32 MiB in float32) whatever N and L are.
-CPU_BLOCK_ELEMS = 1 << 23
+#: CPU: compute the dense pre-activations in row blocks of at most this many elements, so the
+#: workspace stays bounded (64 MiB in float32) whatever N and L are. Block heights are powers of
+#: two: oneDNN's bf16 GEMM is markedly slower for heights like 910 than for 1024.
+CPU_BLOCK_ELEMS = 1 << 24
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -235,7 +236,8 @@ class TopKSAE(nn.Module):
     def _block_rows(self, n: int) -> int:
         if self.enc.device.type != "cpu":
             return max(1, n)
-        return max(1, min(n, CPU_BLOCK_ELEMS // self.n_latents))
+        rows = max(1, CPU_BLOCK_ELEMS // self.n_latents)
+        return min(n, 1 << (rows.bit_length() - 1))
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """Reused workspace: fresh multi-MiB allocations cost page faults on every step."""

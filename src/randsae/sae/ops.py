@@ -105,11 +105,18 @@ def scatter_rows(
     return F.embedding_bag(plan.tokens, table, plan.offsets, per_sample_weights=w, mode="sum")
 
 
-def _gather_dot(grad_out: torch.Tensor, W: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """out[n, j] = <grad_out[n], W[indices[n, j]]>   -> [N, k], without gathering [N, k, d]."""
+def _gather_dot(
+    grad_out: torch.Tensor, W: torch.Tensor, indices: torch.Tensor, use_aten: bool = True
+) -> torch.Tensor:
+    """out[n, j] = <grad_out[n], W[indices[n, j]]>   -> [N, k].
+
+    On the CPU: the kernel behind embedding_bag's per-sample-weight gradient, which computes
+    exactly this without gathering [N, k, d]; elsewhere (or if that private op is missing):
+    batched dot products over bounded blocks of gathered rows.
+    """
     n, k = indices.shape
     op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
-    if op is not None and grad_out.device.type == "cpu":
+    if use_aten and op is not None and grad_out.device.type == "cpu":
         flat = indices.reshape(-1)
         offsets = torch.arange(0, n * k, k, device=flat.device)
         offset2bag = torch.arange(n, device=flat.device).repeat_interleave(k)
