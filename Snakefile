@@ -16,6 +16,7 @@ PY = sys.executable
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/gpu.smk"
+include: "rules/autointerp.smk"
 include: "rules/generic.smk"
 
 

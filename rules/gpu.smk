@@ -11,6 +11,7 @@ ACT_RESOURCES = {"mem_mb": 16000, "runtime": 240}
 STAGE_RESOURCES.update({
     "sae": {"mem_mb": 16000, "runtime": 720},
     "sae_metrics": {"mem_mb": 16000, "runtime": 120},
+    "latents": {"mem_mb": 16000, "runtime": 240},
 })
 
 

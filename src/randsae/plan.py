@@ -37,7 +37,7 @@ STAGES = tuple(STAGE_VERSIONS)
 
 #: Stages with a runner and a Snakemake rule. The plan describes every stage; the DAG asks
 #: only for these.
-IMPLEMENTED_STAGES: frozenset[str] = frozenset({"model", "tokens", "activations", "sae", "sae_metrics"})
+IMPLEMENTED_STAGES: frozenset[str] = frozenset({"model", "tokens", "activations", "sae", "sae_metrics", "latents", "examples"})
 
 KEY_LENGTH = 20  # hex digits of sha256: 80 bits
 

@@ -20,8 +20,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 pytestmark = pytest.mark.slow
 
+DOWNSTREAM_OF_SAE = {"sae": 2, "sae_metrics": 2, "latents": 2, "examples": 2}
 # jobs per variant-layer below the activations: one pass, one SAE, one metrics row (x2 variants)
-DOWNSTREAM_OF_ACTS = {"activations": 2, "sae": 2, "sae_metrics": 2}
+DOWNSTREAM_OF_ACTS = {"activations": 2, **DOWNSTREAM_OF_SAE}
 
 
 def snakemake(workdir: Path, config: dict, *args: str, profile: str = "local") -> str:
@@ -61,7 +62,8 @@ def test_complete_run_then_nothing_to_do(built):
     store = Store(wd / "store")
     assert len(list(store.iter_meta("model"))) == 2 and len(list(store.iter_meta("tokens"))) == 3
     assert len(list(store.iter_meta("activations"))) == 2
-    assert len(list(store.iter_meta("sae"))) == 2 and len(list(store.iter_meta("sae_metrics"))) == 2
+    for stage in ("sae", "sae_metrics", "latents", "examples"):
+        assert len(list(store.iter_meta(stage))) == 2, stage
     assert store.verify() == []
     assert planned_jobs(snakemake(wd, cfg, "-n")) == {}
     out = snakemake(wd, cfg, "--cores", "1")  # a real no-op run
@@ -84,7 +86,7 @@ def test_variant_edit_reruns_only_that_model(built):
     wd, cfg = built
     edited = yaml.safe_load(yaml.safe_dump(cfg))
     edited["variants"] = ["trained", "rerandomized", "control"]
-    assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 1, "activations": 1, "sae": 1, "sae_metrics": 1}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 1, "activations": 1, "sae": 1, "sae_metrics": 1, "latents": 1, "examples": 1}
     edited["seed"] = 3  # seeded variants only; trained and the tokenizer-bound tokens stay
     assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 2, **DOWNSTREAM_OF_ACTS}
 
@@ -110,7 +112,13 @@ def test_sae_edit_reuses_activations(built):
     wd, cfg = built
     edited = yaml.safe_load(yaml.safe_dump(cfg))
     edited["sae"]["k"] = 8
-    assert planned_jobs(snakemake(wd, edited, "-n")) == {"sae": 2, "sae_metrics": 2}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == DOWNSTREAM_OF_SAE
     edited["metrics"] = {"max_tokens": 1024}
-    assert planned_jobs(snakemake(wd, edited, "-n")) == {"sae": 2, "sae_metrics": 2}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == DOWNSTREAM_OF_SAE
+    edited = yaml.safe_load(yaml.safe_dump(cfg))
+    edited["metrics"] = {"max_tokens": 1024}  # metrics alone
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"sae_metrics": 2}
+    edited = yaml.safe_load(yaml.safe_dump(cfg))
+    edited["autointerp"]["n_latents"] = 1  # example sampling alone
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"examples": 2}
     assert planned_jobs(snakemake(wd, cfg, "-n")) == {}

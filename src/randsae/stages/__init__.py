@@ -22,6 +22,8 @@ RUNNERS: dict[str, str] = {
     "tokens": "randsae.stages.tokens",
     "sae": "randsae.stages.sae",
     "sae_metrics": "randsae.stages.sae_metrics",
+    "latents": "randsae.stages.latents",
+    "examples": "randsae.stages.examples",
 }
 
 

@@ -12,6 +12,9 @@ Output::
 
 meta.json ``info`` records how many latents were eligible and sampled, and any warning (no
 eligible latent, fewer than asked). Neither case is an error.
+
+Execution setting: RANDSAE_EXAMPLES_SCAN_BUDGET (index entries scanned at once, default 2**22,
+about 100 bytes of memory each).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from __future__ import annotations
 import logging
 import os
 
-from randsae.examples import ExampleParams, TokenSource, build_examples
-from randsae.latents import DEFAULT_SORT_BUDGET, LatentCache
+from randsae.examples import SCAN_BUDGET, ExampleParams, TokenSource, build_examples
+from randsae.latents import LatentCache
 from randsae.stages import StageContext
 
 log = logging.getLogger("randsae")
@@ -33,7 +36,7 @@ def run(ctx: StageContext) -> None:
     cache = LatentCache(ctx.inputs["latents"])
     tokens = TokenSource.from_artifact(ctx.inputs["tokens"], cache.first_eligible_position)
     tokenizer = AutoTokenizer.from_pretrained(str(ctx.inputs["tokenizer"]))
-    budget = int(os.environ.get("RANDSAE_LATENTS_SORT_BUDGET", DEFAULT_SORT_BUDGET))
+    budget = int(os.environ.get("RANDSAE_EXAMPLES_SCAN_BUDGET", SCAN_BUDGET))
     info = build_examples(cache, tokens, tokenizer, params, ctx.workdir, budget)
     log.info("%s: %d of %d latents eligible, %d sampled", ctx.spec["name"],
              info["n_eligible"], info["n_latents_total"], info["n_sampled"])

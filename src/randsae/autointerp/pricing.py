@@ -1,0 +1,80 @@
+"""Claude prices in one place, as USD per million tokens (MTok).
+
+Why a table here and not a number in the config: cost accounting must agree between the
+explain and score stages, the DuckDB ``llm_usage`` table and the estimate in
+docs/autointerp.md. Prices are public list prices (standard tier, prompts under 200k tokens)
+as of the time of writing; they change, so a caller can pass its own :class:`Price`
+(``AnthropicClient(price=...)``). An unknown model gets a cost of ``None`` (not 0), so a
+missing price is visible rather than silently free.
+
+Modifiers (applied to the model's *input* price): a cache write (5-minute TTL) costs 1.25x,
+a cache read 0.1x. The Message Batches API halves every component.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from randsae.autointerp.clients import Usage
+
+CACHE_WRITE_MULTIPLIER = 1.25
+CACHE_READ_MULTIPLIER = 0.10
+BATCH_MULTIPLIER = 0.50
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million input / output tokens."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+
+
+_OPUS_NEW = Price(5.0, 25.0)
+_OPUS_OLD = Price(15.0, 75.0)
+_SONNET = Price(3.0, 15.0)
+
+#: Model name (date suffix removed) -> list price.
+PRICES: dict[str, Price] = {
+    "claude-opus-4-5": _OPUS_NEW,
+    "claude-opus-4-1": _OPUS_OLD,
+    "claude-opus-4-0": _OPUS_OLD,
+    "claude-opus-4": _OPUS_OLD,
+    "claude-sonnet-4-5": _SONNET,
+    "claude-sonnet-4-0": _SONNET,
+    "claude-sonnet-4": _SONNET,
+    "claude-3-7-sonnet": _SONNET,
+    "claude-haiku-4-5": Price(1.0, 5.0),
+    "claude-3-5-haiku": Price(0.80, 4.0),
+    "claude-3-haiku": Price(0.25, 1.25),
+}
+
+_DATE_SUFFIX = re.compile(r"(-\d{8}|-latest)$")
+
+
+def price_for(model: str) -> Price | None:
+    """The list price of a model id (``claude-sonnet-4-5-20250929`` -> ``claude-sonnet-4-5``)."""
+    return PRICES.get(_DATE_SUFFIX.sub("", model.strip().lower()))
+
+
+def cost_usd(
+    model: str, usage: Usage, *, batch: bool = False, price: Price | None = None
+) -> float | None:
+    """Cost of one call from its token usage; ``None`` when the model's price is unknown.
+
+    ``usage.input_tokens`` counts only uncached input tokens (as the API reports it); cache
+    reads and writes are priced separately.
+    """
+    p = price or price_for(model)
+    if p is None:
+        return None
+    dollars = (
+        usage.input_tokens * p.input_per_mtok
+        + usage.cache_write_tokens * p.input_per_mtok * CACHE_WRITE_MULTIPLIER
+        + usage.cache_read_tokens * p.input_per_mtok * CACHE_READ_MULTIPLIER
+        + usage.output_tokens * p.output_per_mtok
+    ) / 1e6
+    return dollars * (BATCH_MULTIPLIER if batch else 1.0)

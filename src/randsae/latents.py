@@ -1,0 +1,352 @@
+"""The latent cache: each token's top-k SAE latents, stored sparse, plus a latent-major index.
+
+Layout of a latents artifact (format and rules: docs/latents.md)::
+
+    indices.zarr          int32   [n_rows, k]  latent ids per token, -1 where the slot did not fire
+    values.zarr           float16 [n_rows, k]  activations, sorted descending within a row
+    fire_counts.npy       int64   [n_latents]  activations (eligible positions) per latent
+    max_activation.npy    float32 [n_latents]  largest activation per latent (0 if never fired)
+    sum_activation.npy    float64 [n_latents]  sum of activations (fp64 sufficient statistics,
+    sumsq_activation.npy  float64 [n_latents]  so chunking changes nothing)
+    index/offsets.npy     int64   [n_latents + 1]
+    index/rows.zarr       int32   [n_entries]  token rows, latent-major, ascending within a latent
+    index/values.zarr     float16 [n_entries]
+
+Row r of the cache is token position ``r % ctx_len`` of sequence ``r // ctx_len`` of the tokens
+artifact: every position is stored, because example windows need activations at every token.
+Positions before ``first_eligible_position`` (an attribute of the arrays) are stored but are not
+activations: they are excluded from the statistics and the index. It is 1 when the SAE was
+trained without position 0 (the activations stage's default), because position 0 of a packed
+sequence has no context and an attention-sink residual the SAE never saw.
+
+Why a separate latent-major index: examples, quantiles and abstractness need all activations of
+one latent; finding them in the token-major cache means scanning it. The index is a counting
+sort of the cache's (row, slot) entries by latent: offsets come from the firing counts, and the
+entries are spilled into latent-range buckets of bounded size, then each bucket is sorted in
+memory, so memory stays bounded by the sort budget however large the cache is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from randsae import zarr_io
+
+INDICES = "indices.zarr"
+VALUES = "values.zarr"
+INDEX_DIR = "index"
+OFFSETS = f"{INDEX_DIR}/offsets.npy"
+INDEX_ROWS = f"{INDEX_DIR}/rows.zarr"
+INDEX_VALUES = f"{INDEX_DIR}/values.zarr"
+SPILL_DIR = "index.spill"
+STAT_FILES = ("fire_counts", "max_activation", "sum_activation", "sumsq_activation")
+
+NO_LATENT = -1
+FP16_MAX = float(np.finfo(np.float16).max)
+INDEX_CHUNK = 1 << 20
+#: Entries (10 bytes each, plus an argsort) one index bucket may hold in memory.
+DEFAULT_SORT_BUDGET = 1 << 24
+SPILL_DTYPE = np.dtype([("latent", "<i4"), ("row", "<i4"), ("value", "<f2")])
+
+
+class HookpointError(ValueError):
+    """The SAE artifact does not say which layer it was trained on."""
+
+
+# --------------------------------------------------------------------------- hookpoint
+
+
+@dataclass(frozen=True)
+class Hookpoint:
+    """Where the SAE reads the model, and how its training data was shaped."""
+
+    layer: int
+    first_eligible_position: int  # 1 when the SAE's training activations dropped position 0
+    acts_dtype: str | None  # storage dtype of the training activations; inputs are rounded to it
+    source: str  # where the layer was read (recorded in meta.json)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def resolve_hookpoint(sae_dir: str | Path, store_root: str | Path) -> Hookpoint:
+    """Layer and position rule of an SAE artifact.
+
+    Looked up, first hit wins: the sae artifact's meta.json ``info`` (keys ``layer``,
+    ``drop_first_position``, ``activations_dtype``), then the params of its ``activations``
+    input artifact, then ``layer`` in cfg.json. The activations input may have been deleted to
+    save space, which is why the SAE's own record comes first.
+    """
+    sae_dir, store_root = Path(sae_dir), Path(store_root)
+    meta = _read_json(sae_dir / "meta.json")
+    info = meta.get("info") or {}
+    ref = (meta.get("inputs") or {}).get("activations")
+    acts = (_read_json(store_root / ref / "meta.json").get("params") or {}) if ref else {}
+    cfg = _read_json(sae_dir / "cfg.json")
+    for source, record in (("sae meta.json info", info), (f"activations input {ref}", acts), ("sae cfg.json", cfg)):
+        if record.get("layer") is not None:
+            drop = info.get("drop_first_position", acts.get("drop_first_position", True))
+            dtype = info.get("activations_dtype", acts.get("dtype"))
+            return Hookpoint(int(record["layer"]), 1 if drop else 0, dtype, source)
+    raise HookpointError(
+        f"{sae_dir}: cannot tell which layer the SAE reads: no 'layer' in its meta.json info, "
+        f"its activations input ({ref or 'none recorded'}) is not in {store_root}, and cfg.json has none"
+    )
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+@torch.inference_mode()
+def encode_hidden(sae: Any, hidden: torch.Tensor, acts_dtype: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Hidden states [..., d] -> cache rows (indices int32 [N, k], values fp16 [N, k], n clamped).
+
+    The input is first rounded to the dtype the SAE's training activations were stored in, so the
+    cache holds what encoding the stored activations would give.
+    """
+    x = hidden.reshape(-1, hidden.shape[-1])
+    if acts_dtype is not None:
+        x = x.to(zarr_io.torch_dtype(acts_dtype))
+    values, indices = sae.encode(x.to(torch.float32))
+    return to_cache_rows(values, indices)
+
+
+def to_cache_rows(values: torch.Tensor, indices: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
+    """Round to fp16 (clamping at its maximum, counted), sort each row by value descending and
+    mark slots whose fp16 value is 0 with -1: a stored 0 is never an activation."""
+    values = values.detach().to(torch.float32)
+    clamped = int((values > FP16_MAX).sum())
+    v16 = values.clamp(0, FP16_MAX).to(torch.float16)
+    v16, order = v16.sort(dim=1, descending=True, stable=True)
+    idx = indices.gather(1, order).to(torch.int32)
+    idx = torch.where(v16 > 0, idx, torch.full_like(idx, NO_LATENT))
+    return idx.cpu().numpy(), v16.cpu().numpy(), clamped
+
+
+# --------------------------------------------------------------------------- the cache arrays
+
+
+def create_cache_arrays(workdir: Path, n_rows: int, k: int, rows_per_chunk: int, attrs: dict[str, Any]) -> tuple[zarr.Array, zarr.Array]:
+    """Empty indices/values arrays, chunked in whole sequences along rows."""
+    chunks = (max(1, min(rows_per_chunk, n_rows)), k)
+    idx = zarr_io.create_array(workdir / INDICES, (n_rows, k), chunks, "int32", attrs, overwrite=True)
+    vals = zarr_io.create_array(workdir / VALUES, (n_rows, k), chunks, "float16", attrs, overwrite=True)
+    return idx, vals
+
+
+def eligible_entries(
+    idx: np.ndarray, vals: np.ndarray, row0: int, ctx_len: int, first_eligible: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The activations of a block of cache rows as flat (latent, row, value), ordered by row:
+    slots that fired, at eligible positions only."""
+    rows = row0 + np.arange(idx.shape[0], dtype=np.int64)
+    ok = (idx >= 0) & (vals > 0)
+    if first_eligible:
+        ok &= ((rows % ctx_len) >= first_eligible)[:, None]
+    r, s = np.nonzero(ok)
+    return idx[r, s].astype(np.int64), rows[r], vals[r, s]
+
+
+def iter_cache_blocks(cache_dir: Path, rows_per_block: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, indices, values) of consecutive row blocks (default: one Zarr chunk each)."""
+    idx_arr = zarr_io.open_array(cache_dir / INDICES)
+    val_arr = zarr_io.open_array(cache_dir / VALUES)
+    step = rows_per_block or idx_arr.chunks[0]
+    for r0 in range(0, idx_arr.shape[0], step):
+        r1 = min(idx_arr.shape[0], r0 + step)
+        yield r0, np.asarray(idx_arr[r0:r1]), np.asarray(val_arr[r0:r1])
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class LatentStats:
+    """Per-latent firing statistics over the eligible positions of the cache."""
+
+    fire_counts: np.ndarray  # int64
+    max_activation: np.ndarray  # float32
+    sum_activation: np.ndarray  # float64
+    sumsq_activation: np.ndarray  # float64
+
+    @classmethod
+    def zeros(cls, n_latents: int) -> LatentStats:
+        return cls(np.zeros(n_latents, np.int64), np.zeros(n_latents, np.float32),
+                   np.zeros(n_latents, np.float64), np.zeros(n_latents, np.float64))
+
+    def add(self, latents: np.ndarray, values: np.ndarray) -> None:
+        """Accumulate one block of activations (values as stored, in fp64 sums)."""
+        n = self.fire_counts.shape[0]
+        v = values.astype(np.float64)
+        self.fire_counts += np.bincount(latents, minlength=n)
+        self.sum_activation += np.bincount(latents, weights=v, minlength=n)
+        self.sumsq_activation += np.bincount(latents, weights=v * v, minlength=n)
+        np.maximum.at(self.max_activation, latents, values.astype(np.float32))
+
+    def save(self, out_dir: Path) -> None:
+        for name in STAT_FILES:
+            np.save(out_dir / f"{name}.npy", getattr(self, name))
+
+    @classmethod
+    def load(cls, cache_dir: Path) -> LatentStats:
+        return cls(*(np.load(cache_dir / f"{name}.npy") for name in STAT_FILES))
+
+
+def compute_stats(cache_dir: Path, n_latents: int, ctx_len: int, first_eligible: int) -> LatentStats:
+    """One pass over the cache."""
+    stats = LatentStats.zeros(n_latents)
+    for r0, idx, vals in iter_cache_blocks(cache_dir):
+        lat, _, v = eligible_entries(idx, vals, r0, ctx_len, first_eligible)
+        stats.add(lat, v)
+    return stats
+
+
+# --------------------------------------------------------------------------- latent-major index
+
+
+def bucket_ranges(counts: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Contiguous latent ranges holding about ``budget`` entries each (at most budget plus the
+    count of one latent: a latent is never split)."""
+    excl = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    ids = excl // max(1, budget)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(counts)]
+    return [(int(a), int(b)) for a, b in zip(starts, ends)]
+
+
+def _spill(files: list[Any], bucket_of: np.ndarray, lat: np.ndarray, rows: np.ndarray, vals: np.ndarray) -> None:
+    """Append one block's entries to their buckets' files, keeping row order within a bucket."""
+    rec = np.empty(lat.shape[0], SPILL_DTYPE)
+    rec["latent"], rec["row"], rec["value"] = lat, rows, vals
+    if len(files) == 1:
+        rec.tofile(files[0])
+        return
+    b = bucket_of[lat]
+    order = np.argsort(b, kind="stable")
+    rec, b = rec[order], b[order]
+    cuts = np.searchsorted(b, np.arange(len(files) + 1))
+    for i, f in enumerate(files):
+        if cuts[i + 1] > cuts[i]:
+            rec[cuts[i] : cuts[i + 1]].tofile(f)
+
+
+def build_index(cache_dir: Path, counts: np.ndarray, ctx_len: int, first_eligible: int, budget: int = DEFAULT_SORT_BUDGET) -> int:
+    """Write index/ (offsets, rows, values) for a finished cache; returns the number of entries.
+
+    Not resumable by itself: it is rebuilt from the (complete) cache if interrupted."""
+    offsets = np.zeros(counts.shape[0] + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    ranges = bucket_ranges(counts, budget)
+    bucket_of = np.zeros(counts.shape[0], np.int64)
+    for b, (lo, hi) in enumerate(ranges):
+        bucket_of[lo:hi] = b
+    spill = cache_dir / SPILL_DIR
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.mkdir()
+    files = [open(spill / f"{b}.bin", "wb") for b in range(len(ranges))]  # noqa: SIM115
+    try:
+        for r0, idx, vals in iter_cache_blocks(cache_dir):
+            _spill(files, bucket_of, *eligible_entries(idx, vals, r0, ctx_len, first_eligible))
+    finally:
+        for f in files:
+            f.close()
+    (cache_dir / INDEX_DIR).mkdir(exist_ok=True)
+    chunk = (max(1, min(total, INDEX_CHUNK)),)
+    rows_arr = zarr_io.create_array(cache_dir / INDEX_ROWS, (total,), chunk, "int32", overwrite=True)
+    vals_arr = zarr_io.create_array(cache_dir / INDEX_VALUES, (total,), chunk, "float16", overwrite=True)
+    for b, (lo, hi) in enumerate(ranges):
+        _sort_bucket(spill / f"{b}.bin", rows_arr, vals_arr, int(offsets[lo]), int(offsets[hi]))
+    np.save(cache_dir / OFFSETS, offsets)
+    shutil.rmtree(spill)
+    return total
+
+
+def _sort_bucket(path: Path, rows_arr: zarr.Array, vals_arr: zarr.Array, start: int, stop: int) -> None:
+    """Stable sort one bucket by latent (rows stay ascending) and write it at its offsets."""
+    rec = np.fromfile(path, dtype=SPILL_DTYPE)
+    if rec.shape[0] != stop - start:
+        raise RuntimeError(f"{path}: {rec.shape[0]} entries, the firing counts say {stop - start}")
+    order = np.argsort(rec["latent"], kind="stable")
+    if stop > start:
+        rows_arr[start:stop] = rec["row"][order]
+        vals_arr[start:stop] = rec["value"][order]
+    os.unlink(path)
+
+
+def finish_cache(cache_dir: Path, n_latents: int, ctx_len: int, first_eligible: int, budget: int = DEFAULT_SORT_BUDGET) -> tuple[LatentStats, int]:
+    """Statistics and index of a cache whose indices/values are complete (phases 2 and 3)."""
+    stats = compute_stats(cache_dir, n_latents, ctx_len, first_eligible)
+    stats.save(cache_dir)
+    return stats, build_index(cache_dir, stats.fire_counts, ctx_len, first_eligible, budget)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class LatentCache:
+    """Read access to a finished latents artifact (see the module docstring for the layout)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.indices = zarr_io.open_array(self.path / INDICES)
+        self.values = zarr_io.open_array(self.path / VALUES)
+        attrs: dict[str, Any] = dict(self.indices.attrs)
+        self.ctx_len: int = int(attrs["ctx_len"])
+        self.n_seq: int = int(attrs["n_seq"])
+        self.n_latents: int = int(attrs["n_latents"])
+        self.layer: int = int(attrs["layer"])
+        self.first_eligible_position: int = int(attrs["first_eligible_position"])
+        self.k: int = self.indices.shape[1]
+        self.offsets = np.load(self.path / OFFSETS)
+        self.index_rows = zarr_io.open_array(self.path / INDEX_ROWS)
+        self.index_values = zarr_io.open_array(self.path / INDEX_VALUES)
+        self.stats = LatentStats.load(self.path)
+
+    @property
+    def n_rows(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def n_eligible_tokens(self) -> int:
+        return self.n_seq * max(0, self.ctx_len - self.first_eligible_position)
+
+    def latent(self, latent: int) -> tuple[np.ndarray, np.ndarray]:
+        """All activations of one latent: (rows int64 ascending, values float32), read from the
+        index without touching the token-major cache."""
+        a, b = int(self.offsets[latent]), int(self.offsets[latent + 1])
+        return np.asarray(self.index_rows[a:b]).astype(np.int64), np.asarray(self.index_values[a:b]).astype(np.float32)
+
+    def index_range(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Entries of latents [lo, hi): (latent int64, row int64, value float32), latent-major."""
+        a, b = int(self.offsets[lo]), int(self.offsets[hi])
+        lat = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(self.offsets[lo : hi + 1]))
+        rows = np.asarray(self.index_rows[a:b]).astype(np.int64)
+        return lat, rows, np.asarray(self.index_values[a:b]).astype(np.float32)
+
+    def iter_index(self, budget: int = DEFAULT_SORT_BUDGET) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+        """(lo, hi, latent, row, value) for latent ranges of about ``budget`` entries each."""
+        for lo, hi in bucket_ranges(self.stats.fire_counts, budget):
+            yield (lo, hi, *self.index_range(lo, hi))
+
+    def dense(self, start: int, stop: int, eligible_only: bool = True) -> np.ndarray:
+        """Rows [start, stop) as a dense float32 [rows, n_latents] matrix. For tests and small
+        slices only: never call it on the whole cache."""
+        idx = np.asarray(self.indices[start:stop])
+        vals = np.asarray(self.values[start:stop])
+        out = np.zeros((stop - start, self.n_latents), np.float32)
+        first = self.first_eligible_position if eligible_only else 0
+        lat, rows, v = eligible_entries(idx, vals, start, self.ctx_len, first)
+        out[rows - start, lat] = v
+        return out
