@@ -25,7 +25,9 @@ def tiny_config(model_dir: Path | str, store: Path | str, **over: Any) -> dict[s
             },
         },
         "sae": {"expansion": 2, "k": 4, "batch_size": 256, "warmup_steps": 2},
-        "autointerp": {"n_latents": 2, "min_activations": 2, "explainer_examples": 4, "test_examples": 4, "non_activating": 2},
+        # deterministic explanations; the tiny model itself is the (weak, fast) local judge
+        "autointerp": {"n_latents": 2, "min_activations": 2, "explainer_examples": 4, "test_examples": 4, "non_activating": 2,
+                       "explainer": "token_list", "client": "local", "local_model": str(model_dir)},
     }
     for dotted, value in over.items():
         node = cfg

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -162,11 +163,19 @@ def _normalise(value: Any, node: dict[str, Any]) -> Any:
     return value
 
 
-def normalise(cfg: Mapping[str, Any]) -> Config:
-    """Validated config with every default filled in (pure; does not touch the input)."""
+def normalise(cfg: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Validated config with every default filled in and ``autointerp.client: auto``
+    resolved (does not touch the input).
+
+    ``auto`` becomes the client that will really run (anthropic when ANTHROPIC_API_KEY is
+    set in ``env``, default os.environ; else local), so the explain and score keys say
+    which judge made them. Only the presence of the key is read, never its value."""
     validate(cfg)
     out = _normalise(copy.deepcopy(dict(cfg)), schema())
     validate(out)  # defaults must themselves be valid
+    if out["autointerp"]["client"] == "auto":
+        env = os.environ if env is None else env
+        out["autointerp"]["client"] = "anthropic" if env.get("ANTHROPIC_API_KEY") else "local"
     return out
 
 

@@ -37,7 +37,7 @@ STAGES = tuple(STAGE_VERSIONS)
 
 #: Stages with a runner and a Snakemake rule. The plan describes every stage; the DAG asks
 #: only for these.
-IMPLEMENTED_STAGES: frozenset[str] = frozenset({"model", "tokens", "activations", "sae", "sae_metrics", "latents", "examples"})
+IMPLEMENTED_STAGES: frozenset[str] = frozenset(STAGE_VERSIONS)  # every stage runs
 
 KEY_LENGTH = 20  # hex digits of sha256: 80 bits
 
@@ -220,7 +220,7 @@ def build_plan(cfg: Config) -> Plan:
                     llm = {"explainer": ai["explainer"], "client": ai["client"], "anthropic_model": ai["anthropic_model"], "local_model": ai["local_model"]}
                     explain = b.add("explain", tag, llm, {"examples": examples})
                     for scorer in ai["scorers"]:
-                        b.add("score", f"{tag}/{scorer}", {**llm, "scorer": scorer, "examples_per_prompt": ai["examples_per_prompt"]}, {"explain": explain, "examples": examples})
+                        b.add("score", f"{tag}/{scorer}", {**llm, "scorer": scorer, "examples_per_prompt": ai["examples_per_prompt"], "seed": ai["seed"]}, {"explain": explain, "examples": examples})
     return Plan(b.out)
 
 

@@ -214,7 +214,10 @@ class Store:
         doomed: list[Path] = []
         if not self.root.is_dir():
             return doomed
-        for sdir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name not in (LOCKS,)):
+        # stage directories and partial work; other dot-directories (the LLM response cache)
+        # are shared by every config and kept
+        stage_dirs = [p for p in self.root.iterdir() if p.is_dir() and (not p.name.startswith(".") or p.name == PARTIAL)]
+        for sdir in sorted(stage_dirs):
             parents = sorted(sdir.iterdir()) if sdir.name == PARTIAL else [sdir]
             for parent in parents:
                 if not parent.is_dir():

@@ -69,11 +69,11 @@ def test_tiny_dag_through_slurm_equals_local_run(cluster, tmp_path, tiny_model_d
     cfg_local = tiny_config(tiny_model_dir, tmp_path / "local" / "store")
     out = run(tmp_path / "slurm", cfg_slurm, profile)
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", out)
-    assert len(job_ids) == 15  # 2 models, 3 token splits, 2 activation passes, 2 x (SAE, metrics, latents, examples)
+    assert len(job_ids) == 21  # 2 models, 3 splits, 2 activation passes, 2 x (SAE, metrics, latents, examples, explain, 2 scores)
     # GPU stages went to the GPU partition with a GPU; the rest to the CPU partition
     for rule, jid in re.findall(r"rule_(\w+?)/(\d+)\.log", out):
         show = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True).stdout
-        if rule.startswith(("activations", "sae", "latents")):
+        if rule.startswith(("activations", "sae", "latents", "explain", "score")):  # local LLM judge: GPU
             assert "Partition=gpu" in show and "gpu:1" in show, show
         else:
             assert "Partition=cpu" in show, show
@@ -83,5 +83,5 @@ def test_tiny_dag_through_slurm_equals_local_run(cluster, tmp_path, tiny_model_d
         return {m["key"]: {f: v for f, v in m["files"].items() if f != "train_summary.json"} for m in store.iter_meta()}
 
     slurm_meta, local_meta = content(slurm_store), content(local_store)
-    assert slurm_meta == local_meta and len(slurm_meta) == 15
+    assert slurm_meta == local_meta and len(slurm_meta) == 21
     assert slurm_store.verify() == []

@@ -20,7 +20,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 pytestmark = pytest.mark.slow
 
-DOWNSTREAM_OF_SAE = {"sae": 2, "sae_metrics": 2, "latents": 2, "examples": 2}
+DOWNSTREAM_OF_EXAMPLES = {"explain": 2, "score": 4}  # two scorers
+DOWNSTREAM_OF_SAE = {"sae": 2, "sae_metrics": 2, "latents": 2, "examples": 2, **DOWNSTREAM_OF_EXAMPLES}
 # jobs per variant-layer below the activations: one pass, one SAE, one metrics row (x2 variants)
 DOWNSTREAM_OF_ACTS = {"activations": 2, **DOWNSTREAM_OF_SAE}
 
@@ -62,8 +63,9 @@ def test_complete_run_then_nothing_to_do(built):
     store = Store(wd / "store")
     assert len(list(store.iter_meta("model"))) == 2 and len(list(store.iter_meta("tokens"))) == 3
     assert len(list(store.iter_meta("activations"))) == 2
-    for stage in ("sae", "sae_metrics", "latents", "examples"):
+    for stage in ("sae", "sae_metrics", "latents", "examples", "explain"):
         assert len(list(store.iter_meta(stage))) == 2, stage
+    assert len(list(store.iter_meta("score"))) == 4
     assert store.verify() == []
     assert planned_jobs(snakemake(wd, cfg, "-n")) == {}
     out = snakemake(wd, cfg, "--cores", "1")  # a real no-op run
@@ -86,7 +88,7 @@ def test_variant_edit_reruns_only_that_model(built):
     wd, cfg = built
     edited = yaml.safe_load(yaml.safe_dump(cfg))
     edited["variants"] = ["trained", "rerandomized", "control"]
-    assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 1, "activations": 1, "sae": 1, "sae_metrics": 1, "latents": 1, "examples": 1}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 1, "activations": 1, "sae": 1, "sae_metrics": 1, "latents": 1, "examples": 1, "explain": 1, "score": 2}
     edited["seed"] = 3  # seeded variants only; trained and the tokenizer-bound tokens stay
     assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 2, **DOWNSTREAM_OF_ACTS}
 
@@ -120,5 +122,10 @@ def test_sae_edit_reuses_activations(built):
     assert planned_jobs(snakemake(wd, edited, "-n")) == {"sae_metrics": 2}
     edited = yaml.safe_load(yaml.safe_dump(cfg))
     edited["autointerp"]["n_latents"] = 1  # example sampling alone
-    assert planned_jobs(snakemake(wd, edited, "-n")) == {"examples": 2}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"examples": 2, **DOWNSTREAM_OF_EXAMPLES}
+    edited = yaml.safe_load(yaml.safe_dump(cfg))
+    edited["autointerp"]["explainer"] = "llm"  # the explainer alone: explain, score
+    assert planned_jobs(snakemake(wd, edited, "-n")) == DOWNSTREAM_OF_EXAMPLES
+    edited["autointerp"]["explainer"] = "token_list"  # reverted
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {}
     assert planned_jobs(snakemake(wd, cfg, "-n")) == {}

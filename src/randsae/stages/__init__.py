@@ -24,6 +24,8 @@ RUNNERS: dict[str, str] = {
     "sae_metrics": "randsae.stages.sae_metrics",
     "latents": "randsae.stages.latents",
     "examples": "randsae.stages.examples",
+    "explain": "randsae.stages.explain",
+    "score": "randsae.stages.score",
 }
 
 

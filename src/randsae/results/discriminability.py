@@ -1,0 +1,147 @@
+"""Does a metric tell a trained model's SAEs from a random variant's? The headline table.
+
+For every model, layer, SAE setting (expansion, k), metric and random variant, the trained
+sample is compared with the variant's sample:
+
+- ``difference`` = mean(variant) - mean(trained), with a 95% percentile bootstrap CI (each
+  side resampled within itself);
+- ``p_value``: two-sided permutation test of that difference (exact when the relabellings
+  are few, as with a handful of seeds);
+- ``effect_size``: Cohen's d (pooled standard deviation);
+- ``auroc`` (per-latent metrics only): how well the metric's value alone tells a trained
+  latent from a variant latent, P(trained value > variant value) with ties one half;
+  0.5 = indistinguishable, near 0 or 1 = separated; bootstrap CI from the same resamples.
+
+What a sample is depends on the metric's level (the ``observations`` view): per-SAE metrics
+(one number per SAE: explained variance, CE score, pooled AUROC, ...) have one value per seed,
+so n is the number of seeds and with a single seed per side no CI or p-value exists (NaN, and
+``note`` says so); per-latent metrics (token entropy, token-lookup share, frequency, max
+activation, per-latent detection/fuzzing AUROC) have one value per latent, pooled over seeds.
+
+``separated`` is the verdict at level ``alpha``: the p-value is below it, the difference CI
+excludes 0 and, for per-latent metrics, the AUROC CI excludes 0.5. It is nominal: no
+correction for the many cells is applied, and with thousands of latents even a small shift is
+"separated", so read the AUROC (or effect size) for how large it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from randsae.results.stats import (
+    cohens_d,
+    finite,
+    percentile_ci,
+    permutation_pvalue,
+    point_auroc,
+    rng_for,
+    two_sample_bootstrap,
+)
+
+TRAINED = "trained"
+#: Random variants in the order tables and figures show them; unknown names follow, sorted.
+VARIANT_ORDER: tuple[str, ...] = ("step0", "rerandomized", "rerandomized_no_embed", "control")
+SAE_LEVEL, LATENT_LEVEL = "sae", "latent"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Trained vs one variant on one metric (one cell of the table)."""
+
+    n_trained: int
+    n_variant: int
+    trained_value: float
+    variant_value: float
+    difference: float
+    difference_lo: float
+    difference_hi: float
+    effect_size: float
+    p_value: float
+    auroc: float
+    auroc_lo: float
+    auroc_hi: float
+    separated: bool | None
+    note: str
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if x.size else math.nan
+
+
+def compare(trained: np.ndarray, variant: np.ndarray, *, level: str, rng: np.random.Generator,
+            n_boot: int = 1000, n_perm: int = 1000, alpha: float = 0.01) -> Comparison:
+    """Compare two samples of one metric; non-finite values are dropped first."""
+    a, b = finite(trained), finite(variant)
+    unit = "seeds" if level == SAE_LEVEL else "latents"
+    auc = point_auroc(a, b) if level == LATENT_LEVEL else math.nan
+    common: dict[str, Any] = {
+        "n_trained": int(a.size), "n_variant": int(b.size), "trained_value": _mean(a),
+        "variant_value": _mean(b), "difference": _mean(b) - _mean(a), "effect_size": cohens_d(a, b), "auroc": auc,
+    }
+    if a.size < 2 or b.size < 2:
+        return Comparison(**common, difference_lo=math.nan, difference_hi=math.nan, p_value=math.nan,
+                          auroc_lo=math.nan, auroc_hi=math.nan, separated=None,
+                          note=f"n = {unit}; fewer than 2 per side: no CI or p-value")
+    boot = two_sample_bootstrap(a, b, n_boot, rng, with_auroc=level == LATENT_LEVEL)
+    lo, hi = percentile_ci(boot.difference)
+    alo, ahi = percentile_ci(boot.auroc) if level == LATENT_LEVEL else (math.nan, math.nan)
+    p = permutation_pvalue(a, b, n_perm, rng)
+    separated = bool(p < alpha and (lo > 0 or hi < 0))
+    if level == LATENT_LEVEL:
+        separated = separated and bool(alo > 0.5 or ahi < 0.5)
+    exact = math.comb(a.size + b.size, a.size) <= n_perm
+    return Comparison(**common, difference_lo=lo, difference_hi=hi, p_value=p, auroc_lo=alo, auroc_hi=ahi,
+                      separated=separated, note=f"n = {unit}; {'exact' if exact else 'Monte Carlo'} permutation test")
+
+
+def variant_sort_key(variant: str) -> tuple[int, str]:
+    return (VARIANT_ORDER.index(variant), "") if variant in VARIANT_ORDER else (len(VARIANT_ORDER), variant)
+
+
+SCHEMA = pa.schema(
+    [pa.field("model", pa.string()), pa.field("layer", pa.int32()), pa.field("expansion", pa.int32()),
+     pa.field("k", pa.int32()), pa.field("level", pa.string()), pa.field("metric", pa.string()),
+     pa.field("variant", pa.string()), pa.field("n_trained", pa.int64()), pa.field("n_variant", pa.int64())]
+    + [pa.field(n, pa.float64()) for n in ("trained_value", "variant_value", "difference", "difference_lo",
+                                           "difference_hi", "effect_size", "p_value", "auroc", "auroc_lo", "auroc_hi")]
+    + [pa.field("separated", pa.bool_()), pa.field("note", pa.string())]
+)
+
+
+def discriminability(con: duckdb.DuckDBPyConnection, seed: int, *, n_boot: int = 1000, n_perm: int = 1000,
+                     alpha: float = 0.01, source: str = "observations") -> pa.Table:
+    """The table, from a relation ``source`` with columns model, layer, expansion, k, variant,
+    level, metric, value (the database's ``observations`` view)."""
+    rows: list[dict[str, Any]] = []
+    cells = con.sql(f"SELECT DISTINCT model, layer, expansion, k FROM {source} ORDER BY ALL").fetchall()
+    for model, layer, expansion, k in cells:
+        d = con.execute(
+            f"SELECT level, metric, variant, CAST(value AS DOUBLE) AS value FROM {source} "
+            "WHERE model = ? AND layer = ? AND expansion = ? AND k = ? AND value IS NOT NULL",
+            [model, layer, expansion, k],
+        ).fetchnumpy()
+        level_a = np.asarray(d["level"], dtype=str)
+        metric_a = np.asarray(d["metric"], dtype=str)
+        variant_a = np.asarray(d["variant"], dtype=str)
+        value_a = np.asarray(d["value"], dtype=np.float64)
+        pairs = sorted({(str(lv), str(m)) for lv, m in zip(level_a, metric_a, strict=True)})
+        for level, metric in pairs:
+            sel = (level_a == level) & (metric_a == metric)
+            trained = value_a[sel & (variant_a == TRAINED)]
+            if finite(trained).size == 0:
+                continue
+            for variant in sorted({str(v) for v in variant_a[sel]} - {TRAINED}, key=variant_sort_key):
+                other = value_a[sel & (variant_a == variant)]
+                if finite(other).size == 0:
+                    continue
+                rng = rng_for(seed, "discriminability", model, layer, expansion, k, level, metric, variant)
+                c = compare(trained, other, level=level, rng=rng, n_boot=n_boot, n_perm=n_perm, alpha=alpha)
+                rows.append({"model": model, "layer": layer, "expansion": expansion, "k": k, "level": level,
+                             "metric": metric, "variant": variant, **asdict(c)})
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
