@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from randsae.results.aggregate import aggregate, expected_outputs
 from randsae.results.db import build_database
-from randsae.results.query import connect_readonly, query
 from randsae.results.queries import EXAMPLE_QUERIES
+from randsae.results.query import connect_readonly, query
 from randsae.results.report import summary_table
 
 __all__ = [

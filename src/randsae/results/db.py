@@ -16,7 +16,6 @@ full set of columns regardless.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import uuid
 from collections.abc import Mapping
@@ -293,7 +292,7 @@ def build_database(cfg: Mapping[str, Any], store: Store | str | os.PathLike[str]
     the old database or the new one, never a partial one. Returns ``out_path``.
     """
     cfg = normalise(cfg)
-    store = store if isinstance(store, Store) else Store(store)
+    store = store if isinstance(store, Store) else Store(Path(store))
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -318,7 +317,3 @@ def table_names(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     for name in [*TABLES, *VIEWS]:
         out[name] = [r[0] for r in con.sql(f"DESCRIBE {_q(name)}").fetchall()]
     return out
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=str)

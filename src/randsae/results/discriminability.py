@@ -37,10 +37,12 @@ import pyarrow as pa
 from randsae.results.stats import (
     cohens_d,
     finite,
-    percentile_ci,
     permutation_pvalue,
     point_auroc,
+    rescaled_ci,
     rng_for,
+    subsample,
+    subsample_fraction,
     two_sample_bootstrap,
 )
 
@@ -88,16 +90,22 @@ def compare(trained: np.ndarray, variant: np.ndarray, *, level: str, rng: np.ran
         return Comparison(**common, difference_lo=math.nan, difference_hi=math.nan, p_value=math.nan,
                           auroc_lo=math.nan, auroc_hi=math.nan, separated=None,
                           note=f"n = {unit}; fewer than 2 per side: no CI or p-value")
-    boot = two_sample_bootstrap(a, b, n_boot, rng, with_auroc=level == LATENT_LEVEL)
-    lo, hi = percentile_ci(boot.difference)
-    alo, ahi = percentile_ci(boot.auroc) if level == LATENT_LEVEL else (math.nan, math.nan)
-    p = permutation_pvalue(a, b, n_perm, rng)
+    latent = level == LATENT_LEVEL
+    f = subsample_fraction(a.size, b.size)
+    sa, sb = subsample(a, f, rng), subsample(b, f, rng)
+    boot = two_sample_bootstrap(sa, sb, n_boot, rng, with_auroc=latent)
+    lo, hi = rescaled_ci(common["difference"], _mean(sb) - _mean(sa), boot.difference, f)
+    alo, ahi = (math.nan, math.nan)
+    if latent:
+        alo, ahi = rescaled_ci(auc, point_auroc(sa, sb), boot.auroc, f)
+        alo, ahi = max(0.0, alo), min(1.0, ahi)
+    p, method = permutation_pvalue(a, b, n_perm, rng)
     separated = bool(p < alpha and (lo > 0 or hi < 0))
-    if level == LATENT_LEVEL:
+    if latent:
         separated = separated and bool(alo > 0.5 or ahi < 0.5)
-    exact = math.comb(a.size + b.size, a.size) <= n_perm
+    boot_note = "" if f >= 1 else f"; bootstrap on a {f:.3g} subsample, rescaled"
     return Comparison(**common, difference_lo=lo, difference_hi=hi, p_value=p, auroc_lo=alo, auroc_hi=ahi,
-                      separated=separated, note=f"n = {unit}; {'exact' if exact else 'Monte Carlo'} permutation test")
+                      separated=separated, note=f"n = {unit}; {method} permutation test{boot_note}")
 
 
 def variant_sort_key(variant: str) -> tuple[int, str]:

@@ -8,6 +8,15 @@ once (where each positive falls among the sorted negatives) and a resample is a 
 scikit-learn's ``roc_auc_score`` (ties count one half); tests check that the reweighted form
 agrees with it exactly.
 
+Large samples (an SAE of a big model has 10^5 latents per side): the bootstrap runs on a
+random subsample with the same fraction ``f`` of each side (at most ``RESAMPLE_CAP`` on the
+larger side) and its deviations are rescaled by ``sqrt(f)`` (the m-out-of-n bootstrap: the
+spread of a smooth two-sample statistic scales as 1/sqrt(n) on both sides at once); the
+permutation test uses the normal approximation to the permutation distribution, with its exact
+finite-population mean and variance, once the pooled sample exceeds ``PERMUTATION_MC_MAX``.
+Both are standard large-sample forms of the same tests, and they keep the aggregate step's
+cost bounded whatever the dictionary size.
+
 All randomness comes from ``rng_for(seed, *labels)``: a generator seeded by the config seed and
 a stable hash of what is being computed, so a cell's result does not depend on which other
 cells exist or in which order they are computed.
@@ -22,10 +31,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 #: resamples handled at once: bounds memory at about chunk * n * 8 bytes per array.
 CHUNK = 32
+#: largest side resampled in full by the bootstrap (see module doc).
+RESAMPLE_CAP = 10_000
+#: largest pooled sample tested by Monte Carlo permutations; above it, the normal approximation.
+PERMUTATION_MC_MAX = 10_000
 
 
 def rng_for(seed: int, *labels: object) -> np.random.Generator:
@@ -47,30 +61,38 @@ class RankIndex:
 
     def __init__(self, pos: np.ndarray, neg: np.ndarray):
         self.n_pos, self.n_neg = pos.size, neg.size
-        self.neg_order = np.argsort(neg, kind="stable")
-        sorted_neg = neg[self.neg_order]
+        order = np.argsort(neg, kind="stable")
+        # already sorted (the two-sample bootstrap sorts first): no reordering of weights
+        self.neg_order: np.ndarray | None = None if np.array_equal(order, np.arange(neg.size)) else order
+        sorted_neg = neg[order]
         self.lo = np.searchsorted(sorted_neg, pos, side="left")
         self.hi = np.searchsorted(sorted_neg, pos, side="right")
 
     def auroc(self, w_pos: np.ndarray, w_neg: np.ndarray) -> np.ndarray:
         """AUROC per row of weights ``w_pos [B, n_pos]``, ``w_neg [B, n_neg]`` (negatives in
-        their original order); NaN where a side has zero total weight."""
-        wn = w_neg[:, self.neg_order]
-        cw = np.zeros((wn.shape[0], self.n_neg + 1))
-        np.cumsum(wn, axis=1, out=cw[:, 1:])
-        below = cw[:, self.lo]
-        ties = cw[:, self.hi] - below
-        u = (w_pos * (below + 0.5 * ties)).sum(axis=1)
-        denom = w_pos.sum(axis=1) * wn.sum(axis=1)
+        their original order); NaN where a side has zero total weight.
+
+        U = sum_i w_i (W(< p_i) + W(= p_i) / 2) = sum_i w_i (C[lo_i] + C[hi_i]) / 2 with C the
+        cumulative negative weight in sorted order. Weights are resampling counts: float32 is
+        exact for them and their cumulative sums (< 2^24), and halves the memory traffic.
+        """
+        wn = w_neg if self.neg_order is None else w_neg[:, self.neg_order]
+        cw = np.empty((wn.shape[0], self.n_neg + 1), dtype=np.float32)
+        cw[:, 0] = 0
+        np.cumsum(wn, axis=1, dtype=np.float32, out=cw[:, 1:])
+        two_u = cw[:, self.lo]
+        two_u += cw[:, self.hi]
+        u = 0.5 * np.einsum("ij,ij->i", w_pos.astype(np.float64), two_u.astype(np.float64))
+        denom = w_pos.sum(axis=1, dtype=np.float64) * wn.sum(axis=1, dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(denom > 0, u / denom, np.nan)
 
 
 def _counts(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
-    """Multinomial resampling counts [b, n]: how often each of n items is drawn in each of b
-    resamples of size n with replacement."""
+    """Multinomial resampling counts [b, n] (float32): how often each of n items is drawn in
+    each of b resamples of size n with replacement."""
     draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-    return np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+    return np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
 
 
 def percentile_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -93,18 +115,40 @@ class TwoSampleBootstrap:
 def two_sample_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator,
                          with_auroc: bool = True) -> TwoSampleBootstrap:
     """Stratified bootstrap: each sample is resampled within itself (sizes fixed)."""
+    a, b = np.sort(a), np.sort(b)  # order is irrelevant to both statistics; sorted b skips a gather
     diffs, aucs = [], []
     index = RankIndex(a, b) if with_auroc else None
     for start in range(0, n_boot, CHUNK):
         m = min(CHUNK, n_boot - start)
         wa, wb = _counts(rng, a.size, m), _counts(rng, b.size, m)
-        diffs.append(wb @ b / b.size - wa @ a / a.size)
+        diffs.append(wb.astype(np.float64) @ b / b.size - wa.astype(np.float64) @ a / a.size)
         if index is not None:
             aucs.append(index.auroc(wa, wb))
     return TwoSampleBootstrap(
         difference=np.concatenate(diffs) if diffs else np.empty(0),
-        auroc=np.concatenate(aucs) if aucs else np.full(len(diffs), np.nan),
+        auroc=np.concatenate(aucs) if aucs else np.full(n_boot, np.nan),
     )
+
+
+def subsample_fraction(n_a: int, n_b: int, cap: int = RESAMPLE_CAP) -> float:
+    """The fraction f of each side that the bootstrap resamples (1 when both fit the cap)."""
+    return min(1.0, cap / max(n_a, n_b, 1))
+
+
+def subsample(x: np.ndarray, f: float, rng: np.random.Generator) -> np.ndarray:
+    if f >= 1:
+        return x
+    return rng.choice(x, size=max(2, round(x.size * f)), replace=False)
+
+
+def rescaled_ci(full: float, sub: float, boot: np.ndarray, f: float, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of a statistic whose bootstrap ran on an f-subsample (m-out-of-n):
+    ``full + sqrt(f) * (quantile - sub)``; the plain percentile CI when f = 1."""
+    lo, hi = percentile_ci(boot, level)
+    if f >= 1:
+        return (lo, hi)
+    r = math.sqrt(f)
+    return (full + r * (lo - sub), full + r * (hi - sub))
 
 
 def cluster_bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray,
@@ -127,33 +171,44 @@ def cluster_bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.n
     return np.concatenate(out) if out else np.empty(0)
 
 
-def permutation_pvalue(a: np.ndarray, b: np.ndarray, n_perm: int, rng: np.random.Generator) -> float:
-    """Two-sided permutation p-value of mean(b) - mean(a).
+def permutation_pvalue(a: np.ndarray, b: np.ndarray, n_perm: int, rng: np.random.Generator,
+                       mc_max: int = PERMUTATION_MC_MAX) -> tuple[float, str]:
+    """Two-sided permutation p-value of mean(b) - mean(a), and the method used.
 
-    Exact (every relabelling enumerated) when there are at most ``n_perm`` relabellings, as
-    with a handful of seeds; otherwise Monte Carlo with ``(1 + hits) / (1 + n_perm)``, which
-    never returns 0.
+    ``exact``: every relabelling enumerated, when there are at most ``n_perm`` of them (a
+    handful of seeds). ``Monte Carlo``: ``(1 + hits) / (1 + n_perm)`` random relabellings,
+    never 0. ``normal approximation`` (pooled size above ``mc_max``): the permutation
+    distribution of the difference is that of a sample drawn without replacement from the
+    pooled values, whose mean (0) and variance are known exactly; by the finite-population
+    central limit theorem it is normal for large samples.
     """
     x = np.concatenate([a, b])
     n, na = x.size, a.size
-    if na == 0 or na == n:
-        return math.nan
-    total = x.sum()
+    nb = n - na
+    if na == 0 or nb == 0:
+        return (math.nan, "")
     observed = abs(b.mean() - a.mean())
     tol = 1e-12 * max(1.0, float(np.abs(x).max()))
+    total = x.sum()
 
     def stat(sum_a: np.ndarray) -> np.ndarray:
-        return np.abs((total - sum_a) / (n - na) - sum_a / na)
+        return np.abs((total - sum_a) / nb - sum_a / na)
 
-    if math.comb(n, na) <= n_perm:
+    if n <= 64 and math.comb(n, na) <= n_perm:  # (math.comb of a large n is itself expensive)
         sums = np.array([x[list(c)].sum() for c in itertools.combinations(range(n), na)])
-        return float(np.mean(stat(sums) >= observed - tol))
+        return (float(np.mean(stat(sums) >= observed - tol)), "exact")
+    if n > mc_max:
+        var_sum_a = na * nb / (n - 1) * x.var()
+        sd = (1 / na + 1 / nb) * math.sqrt(var_sum_a)
+        if sd == 0:
+            return (1.0 if observed <= tol else 0.0, "normal approximation")
+        return (float(2 * norm.sf(observed / sd)), "normal approximation")
     hits = 0
     for start in range(0, n_perm, CHUNK):
         m = min(CHUNK, n_perm - start)
         perm = rng.permuted(np.broadcast_to(x, (m, n)), axis=1)
         hits += int((stat(perm[:, :na].sum(axis=1)) >= observed - tol).sum())
-    return (1 + hits) / (1 + n_perm)
+    return ((1 + hits) / (1 + n_perm), "Monte Carlo")
 
 
 def cohens_d(a: np.ndarray, b: np.ndarray) -> float:

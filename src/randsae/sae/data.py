@@ -220,7 +220,7 @@ class ActivationStream:
         if self._pending is not None and self._pending[0] == key:
             fut = self._pending[1]
             self._pending = None
-            return fut.result()
+            return self._finish_window(key, fut.result())
         self._drop_pending()
         return self._load_window(key)
 
@@ -228,7 +228,7 @@ class ActivationStream:
         if self._pool is None or self._ended(key):
             return
         self._drop_pending()
-        self._pending = (key, self._pool.submit(self._load_window, key))
+        self._pending = (key, self._pool.submit(self._read_window, key))
 
     def _drop_pending(self) -> None:
         if self._pending is not None:
@@ -250,17 +250,27 @@ class ActivationStream:
 
     def _load_window(self, key: WindowKey) -> tuple[torch.Tensor, int, int]:
         """Read, filter and permute one window: (rows, non-finite rows dropped, rows read)."""
+        return self._finish_window(key, self._read_window(key))
+
+    def _read_window(self, key: WindowKey) -> list[np.ndarray]:
+        """The window's blocks as raw stored arrays. This is all the prefetch thread does:
+        only Zarr I/O and decompression, no torch ops, because torch ops running in a second
+        thread share the intra-op thread pool with the training step and change how many
+        threads its matmuls get, and with that their rounding (runs stop being bitwise
+        reproducible)."""
         epoch, window = key
         order = self._block_order(epoch)
         blocks = order[window * self.blocks_per_window : (window + 1) * self.blocks_per_window]
-        parts = [
-            zarr_io.read_rows(
-                self.arr,
-                int(b) * self.block_rows,
-                min((int(b) + 1) * self.block_rows, self.n_tokens),
-            )
+        return [
+            np.asarray(self.arr[int(b) * self.block_rows : min((int(b) + 1) * self.block_rows, self.n_tokens)])
             for b in blocks
         ]
+
+    def _finish_window(self, key: WindowKey, raw: list[np.ndarray]) -> tuple[torch.Tensor, int, int]:
+        """Main-thread half of loading a window: to tensors, drop non-finite rows, permute."""
+        epoch, window = key
+        logical = zarr_io.logical_dtype(self.arr)
+        parts = [zarr_io.from_storage(a, logical) for a in raw]
         rows = torch.cat(parts) if len(parts) > 1 else parts[0]
         n_read = rows.shape[0]
         finite = torch.isfinite(rows).all(dim=1)
