@@ -18,9 +18,10 @@ include: "rules/data.smk"
 include: "rules/gpu.smk"
 include: "rules/autointerp.smk"
 include: "rules/generic.smk"
+include: "rules/results.smk"
 
 
 rule all:
     default_target: True
     input:
-        [artifact_path(a) for a in PLAN.implemented()],
+        f"{RESULTS}/report.html",

@@ -32,4 +32,8 @@ def stage_spec(stage):
 # stage -> default resources of its generic rule; each family's .smk adds its stages
 STAGE_RESOURCES = {}
 
-BUILD_CMD = f"{shlex.quote(PY)} -m randsae build --store {shlex.quote(STORE)} --spec {{params.spec}} > {{log}} 2>&1"
+BUILD_CMD = f"{shlex.quote(PY)} -m randsae build --store {shlex.quote(STORE)} --threads {{threads}} --spec {{params.spec}} > {{log}} 2>&1"
+
+# Every job sets torch's thread count to its rule's threads: CPU results are bitwise
+# reproducible only for a fixed thread count. Profiles change it with set-threads.
+DEFAULT_THREADS = 2

@@ -12,6 +12,6 @@ for _stage, _res in STAGE_RESOURCES.items():
         params: spec=stage_spec(_stage)
         log: f"logs/{_stage}/{{key}}.log"
         wildcard_constraints: key=KEY_PATTERN
-        threads: 1
+        threads: DEFAULT_THREADS
         resources: **_res
         shell: BUILD_CMD

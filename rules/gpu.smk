@@ -30,6 +30,13 @@ def family_resources(family, defaults):
     return {**defaults, **{k: v.raw if hasattr(v, "raw") else v for k, v in parsed.get(family, {}).items()}}
 
 
+def family_threads(family, default):
+    """Threads a profile sets for a rule family (set-threads: <family>: N)."""
+    settings = getattr(workflow, "resource_settings", None)
+    parsed = getattr(settings, "_parsed_overwrite_threads", {}) or {}
+    return int(parsed.get(family, default))
+
+
 for (_model_key, _tokens_key), _arts in sorted(_activation_groups().items()):
     _todo = [a for a in _arts if not Path(artifact_path(a), "meta.json").is_file()] or _arts
     _gid = hashlib.sha256((_model_key + _tokens_key).encode()).hexdigest()[:10]
@@ -41,8 +48,8 @@ for (_model_key, _tokens_key), _arts in sorted(_activation_groups().items()):
         input: model=f"{STORE}/model/{_model_key}", tokens=f"{STORE}/tokens/{_tokens_key}"
         params: specs=_specs, batch=CFG["activations"]["batch_size"], chunk=CFG["activations"]["chunk_tokens"]
         log: f"logs/activations/{_gid}.log"
-        threads: 2
+        threads: family_threads("activations", DEFAULT_THREADS)
         resources: **family_resources("activations", ACT_RESOURCES)
         shell:
-            f"{shlex.quote(PY)} -m randsae build-activations --store {shlex.quote(STORE)} "
+            f"{shlex.quote(PY)} -m randsae build-activations --store {shlex.quote(STORE)} --threads {{threads}} "
             "--batch-size {params.batch} --chunk-tokens {params.chunk} --specs {params.specs} > {log} 2>&1"

@@ -100,7 +100,7 @@ EDITS = [
     ("corpus.splits.eval.tokens", 1024, {"tokens:eval", "tokens:interp", "tokens:train"}),
     ("corpus.shuffle_seed", 3, {"tokens:eval", "tokens:interp", "tokens:train"}),
     ("metrics.max_tokens", 512, {"sae_metrics"}),
-    ("autointerp.explainer", "token_list", {"explain"}),
+    ("autointerp.explainer", "llm", {"explain"}),
     ("autointerp.n_latents", 5, {"examples"}),
     ("seed", 7, {"model:random"}),
 ]

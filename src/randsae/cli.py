@@ -5,6 +5,8 @@
     randsae store verify [--store DIR]
     randsae store gc [--configfile F ...] [--dry-run]
     randsae store path NAME [--configfile F]
+    randsae query "SQL" [--csv | --json] [--db F]
+    randsae aggregate [--configfile F]                    (DuckDB, figures, report)
     randsae build --spec JSON --store DIR                 (what the Snakemake rules call)
     randsae build-activations --specs JSON --store DIR    (several layers, one pass)
 
@@ -134,9 +136,19 @@ def cmd_store_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_threads(n: int | None) -> None:
+    """CPU results are bitwise reproducible only for a fixed thread count (matmul reduction
+    order follows the partitioning), so jobs run with exactly the rule's thread count."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from randsae.stages import build
 
+    _set_threads(args.threads)
     spec: dict[str, Any] = json.loads(args.spec)
     build(spec, Store(args.store))
     return 0
@@ -145,8 +157,38 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_build_activations(args: argparse.Namespace) -> int:
     from randsae.stages.activations import build_group
 
+    _set_threads(args.threads)
     specs: list[dict[str, Any]] = json.loads(args.specs)
     build_group(specs, Store(args.store), batch_size=args.batch_size, chunk_tokens=args.chunk_tokens)
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from randsae.config import normalise
+    from randsae.results.aggregate import aggregate
+
+    cfg = normalise(json.loads(args.config_json)) if args.config_json else load_config(args.configfile)
+    results = Path(args.results or cfg["results"])
+    paths = aggregate(cfg, Store(cfg["store"]), results)
+    print(f"\nresults database: {paths['db']}\nreport:           {paths['report']}")
+    print(f"figures:          {results / 'figures'}")
+    print(f"query it:         randsae query \"SELECT * FROM discriminability LIMIT 10\" --db {paths['db']}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from randsae.results.query import query
+
+    db = args.db or Path(load_config(args.configfile)["results"]) / "results.duckdb"
+    fmt = "csv" if args.csv else "json" if args.json else "table"
+    try:
+        print(query(db, args.sql, fmt=fmt))
+    except FileNotFoundError:
+        print(f"randsae: no results database at {db}; run the pipeline (snakemake --profile profiles/local) first", file=sys.stderr)
+        return 2
+    except Exception as e:  # duckdb.Error: bad SQL, or an attempt to write
+        print(f"randsae: query failed: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -183,11 +225,28 @@ def parser() -> argparse.ArgumentParser:
     bu = sub.add_parser("build", help="build one artifact from its plan spec (used by the Snakemake rules)")
     bu.add_argument("--spec", required=True, help="the artifact spec as JSON")
     bu.add_argument("--store", required=True)
+    bu.add_argument("--threads", type=int, help="torch CPU threads (the rule's threads)")
     bu.set_defaults(func=cmd_build)
+
+    ag = sub.add_parser("aggregate", help="build results.duckdb, figures and the report from the store")
+    ag.add_argument("--configfile", type=Path, default=None)
+    ag.add_argument("--config-json", help="the normalised config as JSON (what the rule passes)")
+    ag.add_argument("--results", help="results folder (default: the config's `results`)")
+    ag.set_defaults(func=cmd_aggregate)
+
+    qu = sub.add_parser("query", help="run SQL against the latest results database")
+    qu.add_argument("sql")
+    qu.add_argument("--db", type=Path, help="default: <results>/results.duckdb of the config")
+    qu.add_argument("--configfile", type=Path, default=None)
+    fmt = qu.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--json", action="store_true")
+    qu.set_defaults(func=cmd_query)
 
     ba = sub.add_parser("build-activations", help="build several layers' activations in one pass (used by the rules)")
     ba.add_argument("--specs", required=True, help="JSON list of activation artifact specs (same model and tokens)")
     ba.add_argument("--store", required=True)
+    ba.add_argument("--threads", type=int, help="torch CPU threads (the rule's threads)")
     ba.add_argument("--batch-size", type=int, default=8)
     ba.add_argument("--chunk-tokens", type=int, default=16384)
     ba.set_defaults(func=cmd_build_activations)

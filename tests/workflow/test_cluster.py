@@ -45,7 +45,7 @@ def small_memory_profile(dest: Path) -> Path:
     prof["seconds-between-status-checks"] = 3
     for res in prof["set-resources"].values():
         res["mem_mb"] = 2000
-        res["cpus_per_task"] = 1
+    prof["set-threads"] = {rule: 2 for rule in prof["set-threads"]}  # as a local run on 2 cores
     dest.mkdir(parents=True)
     (dest / "config.v8+.yaml").write_text(yaml.safe_dump(prof))
     return dest

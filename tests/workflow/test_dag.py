@@ -45,7 +45,7 @@ def planned_jobs(output: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M):
         family = re.sub(r"_[0-9a-f]{10}$", "", rule)  # generated per-group rules
-        if family not in ("total", "all"):
+        if family not in ("total", "all", "aggregate"):  # aggregate follows any change; checked below
             counts[family] = counts.get(family, 0) + int(n)
     return counts
 
@@ -67,6 +67,8 @@ def test_complete_run_then_nothing_to_do(built):
         assert len(list(store.iter_meta(stage))) == 2, stage
     assert len(list(store.iter_meta("score"))) == 4
     assert store.verify() == []
+    results = Path(cfg["results"])
+    assert (results / "report.html").is_file() and (results / "results.duckdb").is_file()
     assert planned_jobs(snakemake(wd, cfg, "-n")) == {}
     out = snakemake(wd, cfg, "--cores", "1")  # a real no-op run
     assert "Nothing to be done" in out
@@ -124,8 +126,10 @@ def test_sae_edit_reuses_activations(built):
     edited["autointerp"]["n_latents"] = 1  # example sampling alone
     assert planned_jobs(snakemake(wd, edited, "-n")) == {"examples": 2, **DOWNSTREAM_OF_EXAMPLES}
     edited = yaml.safe_load(yaml.safe_dump(cfg))
-    edited["autointerp"]["explainer"] = "llm"  # the explainer alone: explain, score
-    assert planned_jobs(snakemake(wd, edited, "-n")) == DOWNSTREAM_OF_EXAMPLES
+    edited["autointerp"]["explainer"] = "llm"  # the explainer alone: explain, score, aggregate
+    out = snakemake(wd, edited, "-n")
+    assert planned_jobs(out) == DOWNSTREAM_OF_EXAMPLES
+    assert re.search(r"^aggregate\s+1$", out, flags=re.M)
     edited["autointerp"]["explainer"] = "token_list"  # reverted
     assert planned_jobs(snakemake(wd, edited, "-n")) == {}
     assert planned_jobs(snakemake(wd, cfg, "-n")) == {}

@@ -162,10 +162,12 @@ def _saes(con: duckdb.DuckDBPyConnection, store: Store, plan: Plan, units: list[
 
 
 def _load_files(con: duckdb.DuckDBPyConnection, table: str, refs: list[FileRef], id_types: Mapping[str, str],
-                file_types: Mapping[str, str]) -> None:
+                file_types: Mapping[str, str], renames: Mapping[str, str] | None = None) -> None:
     """CREATE TABLE ``table`` = template (ids + expected file columns) UNION ALL BY NAME the
     files, each row tagged with its file's ids. Columns a file lacks are NULL; extra file
-    columns are kept; file columns named like an identifier are dropped (the plan's win)."""
+    columns are kept; file columns are renamed by ``renames``, and then dropped if named like
+    an identifier (the plan's values win)."""
+    renames = renames or {}
     tpl = f"_tpl_{table}"
     cols = ", ".join(f"{_q(c)} {t}" for c, t in {**id_types, **file_types}.items())
     con.execute(f"CREATE TEMP TABLE {_q(tpl)} ({cols})")
@@ -178,7 +180,7 @@ def _load_files(con: duckdb.DuckDBPyConnection, table: str, refs: list[FileRef],
     file_cols = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {src}").fetchall()]
     select = [f"i.{_q(c)}" for c in id_types]
     for c in file_cols:
-        name = schemas.RENAMES.get(c, c)
+        name = renames.get(c, c)
         if name in file_cols and name != c:
             name = c  # the file already has the renamed column: keep both under their own names
         if c == "filename" or name in id_types:
@@ -196,11 +198,12 @@ def _load_files(con: duckdb.DuckDBPyConnection, table: str, refs: list[FileRef],
 def _file_tables(con: duckdb.DuckDBPyConnection, store: Store, units: list[SaeUnit]) -> None:
     _load_files(con, "sae_metrics", file_refs(units, store, "sae_metrics", "metrics.parquet"), _ARTIFACT_IDS, schemas.SAE_METRICS)
     _load_files(con, "latents", file_refs(units, store, "examples", "latents.parquet"), _ARTIFACT_IDS, schemas.LATENTS)
-    _load_files(con, "explanations", file_refs(units, store, "explain", "explanations.parquet"), _ARTIFACT_IDS, schemas.EXPLANATIONS)
+    _load_files(con, "explanations", file_refs(units, store, "explain", "explanations.parquet"), _ARTIFACT_IDS,
+                schemas.EXPLANATIONS, schemas.RENAMES)
     _load_files(con, "scores", file_refs(units, store, "score", "scores.parquet"), _SCORE_IDS, schemas.SCORES)
     usage = [FileRef(r.path, {**r.ids, "artifact_stage": stage})
              for stage in ("explain", "score") for r in file_refs(units, store, stage, "usage.parquet")]
-    _load_files(con, "llm_usage", usage, _USAGE_IDS, schemas.USAGE)
+    _load_files(con, "llm_usage", usage, _USAGE_IDS, schemas.USAGE, schemas.RENAMES)
 
 
 # ------------------------------------------------------------------------------- views

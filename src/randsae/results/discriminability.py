@@ -128,24 +128,28 @@ def discriminability(con: duckdb.DuckDBPyConnection, seed: int, *, n_boot: int =
     level, metric, value (the database's ``observations`` view)."""
     rows: list[dict[str, Any]] = []
     cells = con.sql(f"SELECT DISTINCT model, layer, expansion, k FROM {source} ORDER BY ALL").fetchall()
+    where = "WHERE model = ? AND layer = ? AND expansion = ? AND k = ? AND value IS NOT NULL"
     for model, layer, expansion, k in cells:
-        d = con.execute(
-            f"SELECT level, metric, variant, CAST(value AS DOUBLE) AS value FROM {source} "
-            "WHERE model = ? AND layer = ? AND expansion = ? AND k = ? AND value IS NOT NULL",
-            [model, layer, expansion, k],
-        ).fetchnumpy()
-        level_a = np.asarray(d["level"], dtype=str)
-        metric_a = np.asarray(d["metric"], dtype=str)
-        variant_a = np.asarray(d["variant"], dtype=str)
-        value_a = np.asarray(d["value"], dtype=np.float64)
-        pairs = sorted({(str(lv), str(m)) for lv, m in zip(level_a, metric_a, strict=True)})
-        for level, metric in pairs:
-            sel = (level_a == level) & (metric_a == metric)
-            trained = value_a[sel & (variant_a == TRAINED)]
-            if finite(trained).size == 0:
+        cell = [model, layer, expansion, k]
+        # groups and values in the same order: each group is a contiguous slice (no string
+        # matching over hundreds of thousands of rows in Python); values sorted within a group
+        # so that the seeded resampling sees the same input order on every build
+        groups = con.execute(f"SELECT level, metric, variant, count(*) FROM {source} {where} "
+                             "GROUP BY level, metric, variant ORDER BY level, metric, variant", cell).fetchall()
+        values = con.execute(f"SELECT CAST(value AS DOUBLE) AS value FROM {source} {where} "
+                             "ORDER BY level, metric, variant, value", cell).fetchnumpy()["value"]
+        values = np.asarray(values, dtype=np.float64)
+        samples: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        start = 0
+        for level, metric, variant, n in groups:
+            samples.setdefault((level, metric), {})[variant] = values[start : start + n]
+            start += n
+        for (level, metric), by_variant in samples.items():
+            trained = by_variant.get(TRAINED)
+            if trained is None or finite(trained).size == 0:
                 continue
-            for variant in sorted({str(v) for v in variant_a[sel]} - {TRAINED}, key=variant_sort_key):
-                other = value_a[sel & (variant_a == variant)]
+            for variant in sorted(set(by_variant) - {TRAINED}, key=variant_sort_key):
+                other = by_variant[variant]
                 if finite(other).size == 0:
                     continue
                 rng = rng_for(seed, "discriminability", model, layer, expansion, k, level, metric, variant)

@@ -63,6 +63,10 @@ def _layer(plan: Plan, sae: Artifact) -> int:
 def sae_units(plan: Plan) -> list[SaeUnit]:
     """Every SAE of the plan, in plan order, with its related artifacts."""
     units = []
+    scores_by_tag: dict[str, dict[str, Artifact]] = {}
+    for name, art in plan.by_name.items():
+        if art.stage == "score":  # score/<tag>/<scorer>
+            scores_by_tag.setdefault(name.removeprefix("score/").rsplit("/", 1)[0], {})[art.params["scorer"]] = art
     for sae in plan.stage("sae"):
         tag = sae.name.removeprefix("sae/")
         model, variant = tag.split("/")[:2]
@@ -71,10 +75,7 @@ def sae_units(plan: Plan) -> list[SaeUnit]:
             a = plan.by_name.get(f"{stage}/{tag}")
             if a is not None:
                 related[stage] = a
-        scores = {}
-        for a in plan.stage("score"):
-            if a.name.startswith(f"score/{tag}/"):
-                scores[a.params["scorer"]] = a
+        scores = scores_by_tag.get(tag, {})
         units.append(
             SaeUnit(
                 sae=sae,

@@ -85,7 +85,9 @@ USAGE: dict[str, str] = {
     "cached": "BOOLEAN",
 }
 
-#: File columns renamed on the way in: ``model`` would clash with the studied model's name.
+#: Columns of the LLM files (explanations, usage) renamed on the way in: their ``model`` is the
+#: LLM and would clash with the studied model's name. In other files an identifier-named
+#: column (e.g. a ``model`` written by ``write_row(extra=...)``) is dropped instead.
 RENAMES: dict[str, str] = {"model": "llm_model"}
 
 #: The sae_metrics columns that are metrics (compared between variants); the rest are counts,
