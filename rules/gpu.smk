@@ -34,7 +34,8 @@ def family_threads(family, default):
     """Threads a profile sets for a rule family (set-threads: <family>: N)."""
     settings = getattr(workflow, "resource_settings", None)
     parsed = getattr(settings, "_parsed_overwrite_threads", {}) or {}
-    return int(parsed.get(family, default))
+    value = parsed.get(family, default)
+    return int(getattr(value, "raw", value))
 
 
 for (_model_key, _tokens_key), _arts in sorted(_activation_groups().items()):

@@ -37,7 +37,9 @@ def _write(rows: list[dict[str, Any]], path: Path, columns: tuple[str, ...] | No
 def _client(ctx: StageContext):
     from randsae.autointerp import default_client
 
-    return default_client({"autointerp": ctx.params}, cache_dir=ctx.store.root / LLM_CACHE)
+    # a packaged judge (SmolLM2 GGUF) is converted once per store, not once per job
+    kwargs = {"convert_dir": ctx.store.root / ".llm-models"} if ctx.params["client"] == "local" else {}
+    return default_client({"autointerp": ctx.params}, cache_dir=ctx.store.root / LLM_CACHE, **kwargs)
 
 
 def _usage_row(stage: str, latent: int, client: str, model: str, usage: Any, cost: float | None, cached: bool) -> dict[str, Any]:
