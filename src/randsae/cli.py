@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from randsae.config import DEFAULT_CONFIG, ConfigError, load_config
 from randsae.plan import IMPLEMENTED_STAGES, STAGES, build_plan, estimate_bytes, summary
@@ -180,7 +180,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from randsae.results.query import query
 
     db = args.db or Path(load_config(args.configfile)["results"]) / "results.duckdb"
-    fmt = "csv" if args.csv else "json" if args.json else "table"
+    fmt: Literal["table", "csv", "json"] = "csv" if args.csv else "json" if args.json else "table"
     try:
         print(query(db, args.sql, fmt=fmt))
     except FileNotFoundError:

@@ -38,7 +38,7 @@ def _client(ctx: StageContext):
     from randsae.autointerp import default_client
 
     # a packaged judge (SmolLM2 GGUF) is converted once per store, not once per job
-    kwargs = {"convert_dir": ctx.store.root / ".llm-models"} if ctx.params["client"] == "local" else {}
+    kwargs: dict[str, Any] = {"convert_dir": ctx.store.root / ".llm-models"} if ctx.params["client"] == "local" else {}
     return default_client({"autointerp": ctx.params}, cache_dir=ctx.store.root / LLM_CACHE, **kwargs)
 
 
