@@ -119,9 +119,6 @@ def _cross_field_problems(cfg: Mapping[str, Any]) -> list[str]:
     for name, m in cfg["models"].items():
         problems += _need(f"models.{name}.source", m["source"], _SOURCE_FIELDS)
     problems += _need("corpus.source", cfg["corpus"]["source"], _CORPUS_FIELDS)
-    src = cfg["corpus"]["source"]
-    if src["kind"] == "files" and src.get("format") in ("jsonl", "parquet") and "text_field" not in src:
-        pass  # text_field has a default
     return problems
 
 
