@@ -3,14 +3,15 @@ layer, all layers of a model variant computed in one forward pass.
 
 Each layer's artifact holds ``acts.zarr``: [n_rows, d_model] in the configured dtype (bf16
 stored as raw uint16, see :mod:`randsae.zarr_io`), chunked along rows and compressed with
-Blosc/zstd + bit-shuffle. With ``drop_first_position`` (default) position 0 of every packed
+Blosc/LZ4 + bit-shuffle. With ``drop_first_position`` (default) position 0 of every packed
 sequence is not stored: sequences are cut from running text, so position 0 is an arbitrary
 token with no context, and its residual norm is an attention-sink outlier that would
 dominate SAE training. Row r is then sequence r // (ctx_len - 1), position 1 + r % (ctx_len - 1).
 
 Chunks hold whole sequences and are written in order; after each chunk every layer's
 ``progress.json`` records how many chunks are complete, so a killed job restarts from its
-last complete chunk (the partial directories live in the store's ``.partial/``).
+last complete chunk (the partial directories live in the store's ``.partial/``). Writes
+run on a background thread, overlapped with the next chunk's forward passes.
 
 Control variant: the input-embedding noise is reseeded for every batch from (artifact seed,
 index of the batch's first sequence), so a rerun with the same batch size reproduces it.
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,9 @@ def build_group(specs: list[dict[str, Any]], store: Store, batch_size: int, chun
         todo: list[tuple[dict[str, Any], Building]] = []
         for spec in specs:
             b = stack.enter_context(store.publish(spec))
-            if not b.done:
+            if b.done:
+                log.info("%s already built by another process (%s)", spec["name"], b.workdir)
+            else:
                 todo.append((spec, b))
         if todo:
             _compute(todo, store, batch_size, chunk_tokens)
@@ -107,8 +111,19 @@ def _compute(todo: list[tuple[dict[str, Any], Building]], store: Store, batch_si
         log.info("resuming at chunk %d of %d", start_chunk, n_chunks)
     artifact_seed = loaded.info.get("seed") or 0
     t0 = time.perf_counter()
+    def write_chunk(c: int, row0: int, outs: dict[int, list[torch.Tensor]]) -> None:
+        for spec, b in todo:
+            layer = spec["params"]["layer"]
+            zarr_io.write_rows(arrays[layer], row0, torch.cat(outs[layer]))
+            _mark_done(b.workdir, c + 1, seqs_per_chunk)
+
+    # One background writer: chunk c is converted, compressed and written while chunk c+1 is
+    # computed (Blosc releases the GIL). At most one write is in flight, so memory holds at
+    # most two chunks, and progress.json only ever counts chunks whose writes finished.
     with tqdm(total=n_seq * ctx_len, initial=start_chunk * seqs_per_chunk * ctx_len, unit="tok", unit_scale=True,
-              desc=f"activations {first['name'].rsplit('/', 1)[0]}") as bar:
+              desc=f"activations {first['name'].rsplit('/', 1)[0]}") as bar, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="acts-writer") as writer:
+        pending: Future[None] | None = None
         for c in range(start_chunk, n_chunks):
             s0, s1 = c * seqs_per_chunk, min(n_seq, (c + 1) * seqs_per_chunk)
             outs: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
@@ -119,10 +134,11 @@ def _compute(todo: list[tuple[dict[str, Any], Building]], store: Store, batch_si
                 for layer in layers:
                     outs[layer].append(hidden[layer][:, skip:].reshape(-1, d_model))
                 bar.update(ids.numel())
-            for spec, b in todo:
-                layer = spec["params"]["layer"]
-                zarr_io.write_rows(arrays[layer], s0 * rows_per_seq, torch.cat(outs[layer]))
-                _mark_done(b.workdir, c + 1, seqs_per_chunk)
+            if pending is not None:
+                pending.result()  # re-raises a failed write here, before more work is queued
+            pending = writer.submit(write_chunk, c, s0 * rows_per_seq, outs)
+        if pending is not None:
+            pending.result()
     elapsed = time.perf_counter() - t0
     for spec, b in todo:
         (b.workdir / PROGRESS).unlink(missing_ok=True)
