@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -136,6 +138,19 @@ def test_blocked_encoder_equals_single_block(monkeypatch):
     # GEMMs of different heights may round differently; the selection must agree
     torch.testing.assert_close(v1, v2)
     assert torch.equal(i1.sort(dim=1).values, i2.sort(dim=1).values)
+
+
+def test_saved_files_are_byte_identical_across_processes(tmp_path):
+    """Same weights -> same bytes, in any process (safetensors writes its metadata map in a
+    per-process hash order, so the file must not carry more than one metadata entry)."""
+    script = (
+        "import sys, torch; from randsae.sae import TopKSAE; "
+        "TopKSAE.initialised(12, 96, 4, seed=0, b_dec=torch.zeros(12)).save(sys.argv[1])"
+    )
+    names = [f"p{i}" for i in range(8)]  # with two entries, 8 processes agree with chance 1/128
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / n)]) for n in names]
+    assert [p.wait() for p in procs] == [0] * len(names)
+    assert len({(tmp_path / n / model_mod.WEIGHTS_FILE).read_bytes() for n in names}) == 1
 
 
 def test_save_load_round_trip(tmp_path):

@@ -79,23 +79,12 @@ def test_tiny_dag_through_slurm_equals_local_run(cluster, tmp_path, tiny_model_d
             assert "Partition=cpu" in show, show
     run(tmp_path / "local", cfg_local, REPO / "profiles" / "local")
     slurm_store, local_store = Store(tmp_path / "slurm" / "store"), Store(tmp_path / "local" / "store")
-    # Every file is bit-identical, except: the training summary (it records wall time) and
-    # SAE weights, which across executors may differ in the last bits (CPU float reduction
-    # order; known issue, see the closing notes of issue 9) and are compared with a tolerance.
-    skip = {"train_summary.json", "sae.safetensors"}
+    # Every file is bit-identical, except the SAE training summary (it records wall time).
+    skip = {"train_summary.json"}
 
     def content(store):
         return {m["key"]: {f: v for f, v in m["files"].items() if f not in skip} for m in store.iter_meta()}
 
     slurm_meta, local_meta = content(slurm_store), content(local_store)
     assert slurm_meta == local_meta and len(slurm_meta) == 21
-    import torch
-    from safetensors.torch import load_file
-
-    for m in slurm_store.iter_meta("sae"):
-        a = load_file(str(slurm_store.path("sae", m["key"]) / "sae.safetensors"))
-        b = load_file(str(local_store.path("sae", m["key"]) / "sae.safetensors"))
-        assert a.keys() == b.keys()
-        for name in a:
-            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
     assert slurm_store.verify() == []

@@ -283,11 +283,10 @@ class TopKSAE(nn.Module):
             for name in ("W_enc", "b_enc", "W_dec", "b_dec")
         }
         tmp = out / f".{WEIGHTS_FILE}.tmp"
-        save_file(
-            tensors,
-            str(tmp),
-            metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
-        )
+        # One metadata entry only: safetensors writes its metadata map in hash order, which
+        # varies between processes, so two entries would make identical weights differ in
+        # their file bytes. The version lives in cfg.json, which load() checks.
+        save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME})
         os.replace(tmp, out / WEIGHTS_FILE)
         meta = {
             "format": FORMAT_NAME,
