@@ -20,6 +20,8 @@ include: "rules/autointerp.smk"
 include: "rules/generic.smk"
 include: "rules/results.smk"
 
+link_existing_artifacts()
+
 
 rule all:
     default_target: True

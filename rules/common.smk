@@ -1,21 +1,54 @@
 # Helpers shared by every stage rule: paths, inputs and the build command of an artifact.
+import os
 import shlex
 
 from randsae.plan import canonical_json
+from randsae.store import Store
 
 KEY_PATTERN = "[0-9a-f]{20}"
 
 
+# Snakemake's outputs are not the store's artifact directories but symlinks to them in
+# this working directory (LINKS/<stage>/<key>). Snakemake deletes a job's existing outputs
+# before it runs; were they the artifacts, a second pipeline on the same store could
+# delete an artifact that the first one had just published (and was reading). A job
+# removes only its own link, finds the artifact under the store's lock, builds it if it
+# is missing, and links it again (`randsae build --link`).
+LINKS = ".randsae/links"
+
+
 def artifact_path(a):
+    """The artifact's directory in the store (the truth: exists once published)."""
     return f"{STORE}/{a.relpath}"
 
 
+def link_path(stage, key):
+    """This working directory's link to an artifact: what rules declare and consume."""
+    return f"{LINKS}/{stage}/{key}"
+
+
+def artifact_link(a):
+    return link_path(a.stage, a.key)
+
+
+def link_existing_artifacts():
+    """Link every planned artifact that is already in the store but not yet linked here
+    (built by an earlier run, or by another pipeline on the same store), so no job runs
+    for it. Plan order is topological, so links are made upstream first and an input's
+    link is never newer than its consumer's."""
+    store = Store(STORE)
+    for a in PLAN.implemented():
+        link = artifact_link(a)
+        if not os.path.lexists(link) and store.exists(a.stage, a.key):
+            store.link(link)
+
+
 def stage_inputs(stage):
-    """Input function: the finished input artifacts of the artifact with this key."""
+    """Input function: links to the finished input artifacts of the artifact with this key."""
 
     def inputs(wildcards):
         a = PLAN.get(stage, wildcards.key)
-        return {role: f"{STORE}/{a.input_stages[role]}/{k}" for role, k in a.inputs.items()}
+        return {role: link_path(a.input_stages[role], k) for role, k in a.inputs.items()}
 
     return inputs
 
@@ -32,7 +65,7 @@ def stage_spec(stage):
 # stage -> default resources of its generic rule; each family's .smk adds its stages
 STAGE_RESOURCES = {}
 
-BUILD_CMD = f"{shlex.quote(PY)} -m randsae build --store {shlex.quote(STORE)} --threads {{threads}} --spec {{params.spec}} > {{log}} 2>&1"
+BUILD_CMD = f"{shlex.quote(PY)} -m randsae build --store {shlex.quote(STORE)} --threads {{threads}} --spec {{params.spec}} --link {{output}} > {{log}} 2>&1"
 
 # Every job sets torch's thread count to its rule's threads: CPU results are bitwise
 # reproducible only for a fixed thread count. Profiles change it with set-threads.

@@ -39,18 +39,21 @@ def family_threads(family, default):
 
 
 for (_model_key, _tokens_key), _arts in sorted(_activation_groups().items()):
-    _todo = [a for a in _arts if not Path(artifact_path(a), "meta.json").is_file()] or _arts
     _gid = hashlib.sha256((_model_key + _tokens_key).encode()).hexdigest()[:10]
-    _specs = shlex.quote(canonical_json([a.spec() for a in sorted(_todo, key=lambda a: a.key)]))
-
-    rule:
-        name: f"activations_{_gid}"
-        output: [directory(artifact_path(a)) for a in _todo]
-        input: model=f"{STORE}/model/{_model_key}", tokens=f"{STORE}/tokens/{_tokens_key}"
-        params: specs=_specs, batch=CFG["activations"]["batch_size"], chunk=CFG["activations"]["chunk_tokens"]
-        log: f"logs/activations/{_gid}.log"
-        threads: family_threads("activations", DEFAULT_THREADS)
-        resources: **family_resources("activations", ACT_RESOURCES)
-        shell:
-            f"{shlex.quote(PY)} -m randsae build-activations --store {shlex.quote(STORE)} --threads {{threads}} "
-            "--batch-size {params.batch} --chunk-tokens {params.chunk} --specs {params.specs} > {log} 2>&1"
+    # only layers not yet in the store; built ones were linked when the workflow was parsed
+    _todo = [a for a in sorted(_arts, key=lambda a: a.key) if not Path(artifact_path(a), "meta.json").is_file()]
+    if _todo:
+        rule:
+            name: f"activations_{_gid}"
+            output: [directory(artifact_link(a)) for a in _todo]
+            input: model=link_path("model", _model_key), tokens=link_path("tokens", _tokens_key)
+            params:
+                specs=shlex.quote(canonical_json([a.spec() for a in _todo])),
+                batch=CFG["activations"]["batch_size"],
+                chunk=CFG["activations"]["chunk_tokens"],
+            log: f"logs/activations/{_gid}.log"
+            threads: family_threads("activations", DEFAULT_THREADS)
+            resources: **family_resources("activations", ACT_RESOURCES)
+            shell:
+                f"{shlex.quote(PY)} -m randsae build-activations --store {shlex.quote(STORE)} --threads {{threads}} "
+                "--batch-size {params.batch} --chunk-tokens {params.chunk} --specs {params.specs} --link {output} > {log} 2>&1"

@@ -161,3 +161,35 @@ def test_store_path_and_ls(tmp_path):
     assert res.returncode == 2 and "no artifact named" in res.stderr
     listing = json.loads(run("ls", "--json").stdout)
     assert [m["name"] for m in listing] == ["tokens/tiny/kjv/eval"]
+
+
+def test_link_points_a_workflow_path_at_a_published_artifact(tmp_path):
+    store = Store(tmp_path / "store")
+    key = spec()["key"]
+    link = tmp_path / "wd" / ".randsae" / "links" / "tokens" / key
+    with pytest.raises(FileNotFoundError, match=f"tokens/{key} is not in the store"):
+        store.link(link)
+    assert not os.path.lexists(link)
+    with store.publish(spec()) as b:
+        (b.workdir / "data.bin").write_bytes(b"abc")
+    store.link(link)
+    assert link.is_symlink() and Path(os.readlink(link)).is_absolute()
+    assert (link / "data.bin").read_bytes() == b"abc"
+    # relinking replaces the link in place; removing the link (what Snakemake does to a
+    # job's outputs before it runs) leaves the artifact alone
+    store.link(link)
+    assert link.is_symlink() and not list(link.parent.glob(".*.link"))
+    link.unlink()
+    assert store.exists("tokens", key) and store.verify() == []
+
+
+def test_build_cli_links_its_outputs(tmp_path):
+    store = Store(tmp_path / "store")
+    with store.publish(spec()) as b:
+        (b.workdir / "data.bin").write_bytes(b"abc")
+    link = tmp_path / "links" / "tokens" / spec()["key"]
+    res = subprocess.run([sys.executable, "-m", "randsae", "build", "--store", str(store.root), "--spec", json.dumps(spec()),
+                          "--link", str(link)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "already built by another process" in res.stderr  # found, not rebuilt
+    assert link.resolve() == store.path("tokens", spec()["key"]).resolve()

@@ -150,7 +150,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     spec: dict[str, Any] = json.loads(args.spec)
-    build(spec, Store(args.store))
+    store = Store(args.store)
+    build(spec, store)
+    for link in args.link:
+        store.link(link)
     return 0
 
 
@@ -159,7 +162,10 @@ def cmd_build_activations(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     specs: list[dict[str, Any]] = json.loads(args.specs)
-    build_group(specs, Store(args.store), batch_size=args.batch_size, chunk_tokens=args.chunk_tokens)
+    store = Store(args.store)
+    build_group(specs, store, batch_size=args.batch_size, chunk_tokens=args.chunk_tokens)
+    for link in args.link:
+        store.link(link)
     return 0
 
 
@@ -226,6 +232,7 @@ def parser() -> argparse.ArgumentParser:
     bu.add_argument("--spec", required=True, help="the artifact spec as JSON")
     bu.add_argument("--store", required=True)
     bu.add_argument("--threads", type=int, help="torch CPU threads (the rule's threads)")
+    bu.add_argument("--link", nargs="*", default=[], help="after building, symlink these paths (.../<stage>/<key>) to the artifacts (the rules' outputs)")
     bu.set_defaults(func=cmd_build)
 
     ag = sub.add_parser("aggregate", help="build results.duckdb, figures and the report from the store")
@@ -249,6 +256,7 @@ def parser() -> argparse.ArgumentParser:
     ba.add_argument("--threads", type=int, help="torch CPU threads (the rule's threads)")
     ba.add_argument("--batch-size", type=int, default=8)
     ba.add_argument("--chunk-tokens", type=int, default=16384)
+    ba.add_argument("--link", nargs="*", default=[], help="after building, symlink these paths (.../<stage>/<key>) to the artifacts (the rules' outputs)")
     ba.set_defaults(func=cmd_build_activations)
     return p
 

@@ -20,6 +20,7 @@ import datetime as _dt
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ from typing import Any
 import randsae
 
 META = "meta.json"
+log = logging.getLogger("randsae")
 PARTIAL = ".partial"
 # Bookkeeping files that workflow managers drop into output directories; not content.
 IGNORED = frozenset({META, ".snakemake_timestamp"})
@@ -105,6 +107,23 @@ class Store:
     def exists(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / META).is_file()
 
+    def link(self, link: str | Path) -> Path:
+        """Point ``link`` (a path ending in ``<stage>/<key>``, e.g. a workflow's
+        ``.randsae/links/sae/<key>``) at that published artifact, atomically (a temporary
+        symlink renamed over the old one). The target is absolute, so the link works from
+        anywhere. Raises FileNotFoundError if the artifact is not published."""
+        link = Path(link)
+        stage, key = link.parent.name, link.name
+        if not self.exists(stage, key):
+            raise FileNotFoundError(f"cannot link {link}: artifact {stage}/{key} is not in the store {self.root}")
+        target = self.path(stage, key).resolve()
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{key}.{os.getpid()}.link")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target, target_is_directory=True)
+        os.replace(tmp, link)
+        return target
+
     def meta(self, stage: str, key: str) -> dict[str, Any]:
         with open(self.path(stage, key) / META) as f:
             return json.load(f)
@@ -169,6 +188,7 @@ class Store:
             shutil.rmtree(final)
         os.replace(work, final)
         _fsync_dir(final.parent)
+        log.info("published %s (%s/%s)", spec["name"], spec["stage"], spec["key"])
 
     # ------------------------------------------------------------- inspecting
     def iter_meta(self, stage: str | None = None) -> Iterator[dict[str, Any]]:
