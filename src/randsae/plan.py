@@ -163,6 +163,8 @@ def _model_artifacts(b: _Builder, cfg: Config, mname: str, m: Mapping[str, Any])
         params = {"variant": variant, "seed": seed}
         if variant == "step0":
             params["method"] = "init"
+        if variant == "control":
+            params["noise"] = "per_sequence"  # seeded per row, not per batch (docs/variants.md)
         out[variant] = b.add("model", f"{mname}/{variant}", params, {"trained": trained})
     return out
 

@@ -14,7 +14,7 @@ from randsae.models.artifact import build_model
 from randsae.models.sources import ModelSourceError, load_model
 from randsae.models.variants import (
     apply_variant,
-    control_batch_seed,
+    control_row_seeds,
     control_seed,
     derive_seed,
     embedding_param_names,
@@ -146,13 +146,30 @@ def test_control_seeded_rerun_is_identical():
     model = make_trained(neox_config(), seed=0)
     install_control_hook(model, seed=0)
     with torch.no_grad():
-        set_control_seed(model, control_batch_seed(0, 3))
+        set_control_seed(model, control_row_seeds(0, 3, 1))
         a = model(_ids()).logits
-        set_control_seed(model, control_batch_seed(0, 3))
+        set_control_seed(model, control_row_seeds(0, 3, 1))
         b = model(_ids()).logits
-        set_control_seed(model, control_batch_seed(0, 4))
+        set_control_seed(model, control_row_seeds(0, 4, 1))
         c = model(_ids()).logits
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_control_row_seeds_make_noise_independent_of_batching():
+    model = make_trained(neox_config(), seed=0)
+    install_control_hook(model, seed=0)
+    ids = torch.arange(6 * 8).reshape(6, 8) % 50
+    with torch.no_grad():
+        with control_seed(model, control_row_seeds(0, 0, 6)):
+            whole = model(ids).logits
+        parts = []
+        for b0, b1 in ((0, 4), (4, 6)):  # another batch size, same rows
+            with control_seed(model, control_row_seeds(0, b0, b1 - b0)):
+                parts.append(model(ids[b0:b1]).logits)
+        assert torch.equal(whole, torch.cat(parts))
+        with pytest.raises(ValueError, match="2 row seeds for a batch of 6"):
+            with control_seed(model, control_row_seeds(0, 0, 2)):
+                model(ids)
 
 
 def test_control_seed_context_does_not_disturb_the_unseeded_stream():

@@ -86,7 +86,7 @@ def load_model_artifact(
     path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> LoadedModel:
     """Load an artifact for inference; control artifacts get their noise hook back, seeded
-    with the artifact's seed (reseed per batch with ``set_control_seed``/``control_seed``)."""
+    with the artifact's seed (seed each batch's rows with ``control_seed`` and ``control_row_seeds``)."""
     path = Path(path)
     info = json.loads((path / VARIANT_FILE).read_text())
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -181,23 +181,39 @@ def _init_dtype(config: PretrainedConfig, dtype: torch.dtype | str) -> torch.dty
 class ControlNoise:
     """Forward hook state: replaces the input-embedding output with N(0, 1) noise.
 
-    Noise comes from a generator on the output's device, seeded with ``seed``; it advances
-    with every pass, so two passes differ unless reseeded. Same seed and device -> same noise
-    (CPU and CUDA generators produce different streams).
+    Two modes. Row seeds (what the stages use, through :func:`control_seed` with
+    :func:`control_row_seeds`): row i of the batch gets noise from its own generator seeded
+    with ``row_seeds[i]``, so a sequence's noise depends on the sequence, not on the batch it
+    happens to share (batch size is an execution setting, never part of an artifact key).
+    Stream (``seed``): one generator for the whole batch that advances with every pass, so
+    two passes differ unless reseeded. Same seeds and device -> same noise (CPU and CUDA
+    generators produce different streams).
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self.generator: torch.Generator | None = None
+        self.row_seeds: list[int] | None = None
         self.handle: Any = None
 
-    def reseed(self, seed: int) -> None:
-        self.seed = seed
+    def reseed(self, seed: int | Sequence[int]) -> None:
+        if isinstance(seed, int):
+            self.seed, self.row_seeds = seed, None
+        else:
+            self.row_seeds = [int(s) for s in seed]
         self.generator = None
 
     def __call__(
         self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
     ) -> torch.Tensor:
+        if self.row_seeds is not None:
+            if len(self.row_seeds) != output.shape[0]:
+                raise ValueError(f"control noise: {len(self.row_seeds)} row seeds for a batch of {output.shape[0]} sequences")
+            return torch.stack([
+                torch.randn(output.shape[1:], generator=torch.Generator(device=output.device).manual_seed(s),
+                            dtype=output.dtype, device=output.device)
+                for s in self.row_seeds
+            ])
         if self.generator is None or self.generator.device != output.device:
             self.generator = torch.Generator(device=output.device).manual_seed(self.seed)
         return torch.randn(
@@ -229,31 +245,33 @@ def control_state(model: PreTrainedModel) -> ControlNoise | None:
     return getattr(model, _CONTROL_ATTR, None)
 
 
-def set_control_seed(model: PreTrainedModel, seed: int) -> None:
-    """Reseed the control noise (e.g. per batch with :func:`control_batch_seed`)."""
+def set_control_seed(model: PreTrainedModel, seed: int | Sequence[int]) -> None:
+    """Reseed the control noise (one seed, or per-row seeds from :func:`control_row_seeds`)."""
     state = control_state(model)
     if state is None:
         raise ValueError("model has no control hook (is it the control variant?)")
     state.reseed(seed)
 
 
-def control_batch_seed(artifact_seed: int, batch_index: int) -> int:
-    """The conventional per-batch seed: a stable hash of (artifact seed, batch index)."""
-    return derive_seed(artifact_seed, "control", batch_index)
+def control_row_seeds(artifact_seed: int, first_row: int, n_rows: int) -> list[int]:
+    """Per-sequence seeds for rows first_row .. first_row + n_rows - 1 of a tokens array: a
+    stable hash of (artifact seed, row index), so the noise does not depend on batching."""
+    return [derive_seed(artifact_seed, "control", row) for row in range(first_row, first_row + n_rows)]
 
 
 @contextlib.contextmanager
-def control_seed(model: PreTrainedModel, seed: int) -> Iterator[None]:
-    """Seed the control noise for the passes inside the block; afterwards the previous noise
+def control_seed(model: PreTrainedModel, seed: int | Sequence[int]) -> Iterator[None]:
+    """Seed the control noise for the passes inside the block (one seed for the batch, or one
+    per row, see :func:`control_row_seeds`); afterwards the previous noise
     stream continues as if the block had not run. A no-op for non-control models, so callers
     can wrap every batch without asking which variant they hold."""
     state = control_state(model)
     if state is None:
         yield
         return
-    saved = state.seed, state.generator  # reseed makes a new generator; this one is untouched
+    saved = state.seed, state.generator, state.row_seeds  # reseed makes a new generator; this one is untouched
     state.reseed(seed)
     try:
         yield
     finally:
-        state.seed, state.generator = saved
+        state.seed, state.generator, state.row_seeds = saved

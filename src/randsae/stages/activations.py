@@ -13,8 +13,8 @@ Chunks hold whole sequences and are written in order; after each chunk every lay
 last complete chunk (the partial directories live in the store's ``.partial/``). Writes
 run on a background thread, overlapped with the next chunk's forward passes.
 
-Control variant: the input-embedding noise is reseeded for every batch from (artifact seed,
-index of the batch's first sequence), so a rerun with the same batch size reproduces it.
+Control variant: the input-embedding noise is seeded per sequence from (artifact seed,
+sequence index), so a rerun reproduces it whatever the batch size.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def build_group(specs: list[dict[str, Any]], store: Store, batch_size: int, chun
 
 def _compute(todo: list[tuple[dict[str, Any], Building]], store: Store, batch_size: int, chunk_tokens: int) -> None:
     from randsae.models.artifact import load_model_artifact
-    from randsae.models.variants import control_batch_seed, control_seed
+    from randsae.models.variants import control_row_seeds, control_seed
 
     first = todo[0][0]
     model_ref, tokens_ref = first["inputs"]["model"], first["inputs"]["tokens"]
@@ -129,7 +129,7 @@ def _compute(todo: list[tuple[dict[str, Any], Building]], store: Store, batch_si
             outs: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
             for b0 in range(s0, s1, batch_size):
                 ids = torch.from_numpy(tokens[b0 : min(s1, b0 + batch_size)]).long().to(dev)
-                with control_seed(loaded.model, control_batch_seed(artifact_seed, b0)):
+                with control_seed(loaded.model, control_row_seeds(artifact_seed, b0, ids.shape[0])):
                     hidden = run_to_layers(loaded.model, ids, layers)
                 for layer in layers:
                     outs[layer].append(hidden[layer][:, skip:].reshape(-1, d_model))

@@ -8,8 +8,7 @@ split). The layer comes from :func:`randsae.latents.resolve_hookpoint`.
 Phases:
 1. encode: chunks of whole sequences, written in order; after each chunk ``progress.json``
    records how many are complete, so a killed job resumes from its last complete chunk. The
-   control variant's noise is reseeded per batch from (artifact seed, first sequence of the
-   batch), as in the activations stage, so resuming needs the same batch size (recorded).
+   control variant's noise is seeded per sequence (see docs/variants.md), as in every stage.
 2. statistics: one pass over the finished cache (firing counts, max, sums).
 3. index: counting sort by latent through bounded spill buckets (rebuilt if interrupted).
 
@@ -140,7 +139,7 @@ def encode_tokens(
 ) -> dict[str, Any]:
     """Phase 1: forward to the SAE's layer, encode, write indices/values chunk by chunk."""
     from randsae.models.artifact import load_model_artifact
-    from randsae.models.variants import control_batch_seed, control_seed
+    from randsae.models.variants import control_row_seeds, control_seed
     from randsae.sae import TopKSAE
     from randsae.stages.activations import device
 
@@ -156,7 +155,7 @@ def encode_tokens(
     if n_seq * ctx_len >= 2**31:
         raise ValueError(f"{n_seq * ctx_len} tokens: the cache's int32 row ids allow fewer than 2**31")
     seqs_per_chunk = max(1, settings.chunk_tokens // ctx_len)
-    layout = {"seqs_per_chunk": seqs_per_chunk, "batch_size": settings.batch_size}
+    layout = {"seqs_per_chunk": seqs_per_chunk}
     start, clamped = _resume_point(workdir, layout)
     attrs = {"ctx_len": ctx_len, "n_seq": n_seq, "n_latents": sae.n_latents, "layer": hook.layer,
              "first_eligible_position": hook.first_eligible_position, "hookpoint": "block_output"}
@@ -174,7 +173,7 @@ def encode_tokens(
             parts = []
             for b0 in range(s0, s1, settings.batch_size):
                 ids = torch.from_numpy(np.asarray(tokens[b0 : min(s1, b0 + settings.batch_size)])).long().to(dev)
-                with control_seed(loaded.model, control_batch_seed(seed, b0)):
+                with control_seed(loaded.model, control_row_seeds(seed, b0, ids.shape[0])):
                     hidden = run_to_layers(loaded.model, ids, [hook.layer])[hook.layer]
                 parts.append(encode_hidden(sae, hidden, hook.acts_dtype))
                 bar.update(ids.numel())

@@ -39,6 +39,8 @@ def run(ctx: StageContext) -> None:
         else:
             model = trained.model
             extra = {"step0_method": None, "step0_revision": None, **apply_variant(model, variant, p["seed"])}
+            if variant == "control":
+                extra["control_noise"] = p["noise"]
         info = {"variant": variant, "seed": p["seed"], "source": trained.info.get("source"), **extra,
                 **model_facts(model, variant)}
     save_model_artifact(model, tokenizer, info, ctx.workdir)

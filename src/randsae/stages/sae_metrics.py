@@ -23,7 +23,7 @@ def run(ctx: StageContext) -> None:
     from randsae.metrics.schema import build_row, write_firing_counts, write_row
     from randsae.metrics.stats import ReconstructionStats
     from randsae.models.artifact import load_model_artifact
-    from randsae.models.variants import control_batch_seed, control_seed
+    from randsae.models.variants import control_row_seeds, control_seed
     from randsae.sae.model import TopKSAE
     from randsae.stages.activations import device
 
@@ -41,7 +41,7 @@ def run(ctx: StageContext) -> None:
     with torch.inference_mode(), tqdm(total=n_seq * ctx_len, unit="tok", unit_scale=True, desc=f"metrics {ctx.spec['name']}") as bar:
         for b0 in range(0, n_seq, batch_size):
             ids = torch.from_numpy(tokens[b0 : min(n_seq, b0 + batch_size)]).long().to(dev)
-            with control_seed(loaded.model, control_batch_seed(artifact_seed, b0)):
+            with control_seed(loaded.model, control_row_seeds(artifact_seed, b0, ids.shape[0])):
                 evaluate_batch(loaded.model, sae, ids, p["layer"], sae.n_latents, downstream, recon,
                                sae_dtype=torch.float32, skip_first_position=p["drop_first_position"])
             bar.update(ids.numel())
