@@ -167,9 +167,9 @@ def test_control_row_seeds_make_noise_independent_of_batching():
             with control_seed(model, control_row_seeds(0, b0, b1 - b0)):
                 parts.append(model(ids[b0:b1]).logits)
         assert torch.equal(whole, torch.cat(parts))
-        with pytest.raises(ValueError, match="2 row seeds for a batch of 6"):
-            with control_seed(model, control_row_seeds(0, 0, 2)):
-                model(ids)
+        with pytest.raises(ValueError, match="2 row seeds for a batch of 6"), \
+                control_seed(model, control_row_seeds(0, 0, 2)):
+            model(ids)
 
 
 def test_control_seed_context_does_not_disturb_the_unseeded_stream():
