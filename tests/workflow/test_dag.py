@@ -74,6 +74,18 @@ def test_complete_run_then_nothing_to_do(built):
     assert "Nothing to be done" in out
 
 
+def test_fresh_working_directory_on_a_full_store_runs_no_jobs(built, tmp_path):
+    """Another working directory (say, a second experiment folder) with the same config and
+    store: every artifact is linked when the workflow is parsed, so no stage job is planned."""
+    wd, cfg = built
+    cfg = {**cfg, "results": str(tmp_path / "results")}  # its own results: only aggregate runs
+    out = snakemake(tmp_path, cfg, "-n")
+    assert planned_jobs(out) == {} and re.search(r"^aggregate\s+1$", out, flags=re.M), out[-3000:]
+    links = sorted((tmp_path / ".randsae" / "links").glob("*/*"))
+    assert len(links) == len(list(Store(cfg["store"]).iter_meta()))
+    assert all(p.is_symlink() and p.resolve() == (Path(cfg["store"]) / p.parent.name / p.name).resolve() for p in links)
+
+
 def test_corpus_edit_reruns_exactly_the_affected_jobs_and_revert_runs_none(built):
     wd, cfg = built
     edited = yaml.safe_load(yaml.safe_dump(cfg))
