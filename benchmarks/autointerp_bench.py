@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from randsae.autointerp.anthropic_client import DEFAULT_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 WORDS = [
     "the", "king", "went", "into", "a", "house", "and", "said", "unto", "them", "of", "land", "water",
@@ -222,7 +224,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--latents", type=int, default=10)
-    ap.add_argument("--model", default="claude-sonnet-4-5")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--skip-local", action="store_true")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--smollm2", action="store_true", help="judge with the packaged SmolLM2-135M-Instruct")

@@ -101,6 +101,8 @@ EDITS = [
     ("corpus.shuffle_seed", 3, {"tokens:eval", "tokens:interp", "tokens:train"}),
     ("metrics.max_tokens", 512, {"sae_metrics"}),
     ("autointerp.explainer", "llm", {"explain"}),
+    ("autointerp.local_model", "/models/another-judge", {"explain"}),
+    ("autointerp.anthropic_model", "claude-opus-5-5", set()),  # the config's client is local
     ("autointerp.n_latents", 5, {"examples"}),
     ("seed", 7, {"model:random"}),
 ]

@@ -184,6 +184,15 @@ def _split_params(corpus: Mapping[str, Any], split: str) -> dict[str, Any]:
     }
 
 
+def _llm_params(ai: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters of explain/score: explainer, client and the model of *that* client only, so
+    editing the other client's model reruns nothing."""
+    anthropic = ai["client"] == "anthropic"
+    return {"explainer": ai["explainer"], "client": ai["client"],
+            "anthropic_model": ai["anthropic_model"] if anthropic else None,
+            "local_model": None if anthropic else ai["local_model"]}
+
+
 def _sae_grid(cfg: Config) -> list[tuple[int, int, int]]:
     s = cfg["sae"]
     return [(x, k, seed) for x in as_list(s["expansion"]) for k in as_list(s["k"]) for seed in s["seeds"]]
@@ -219,7 +228,7 @@ def build_plan(cfg: Config) -> Plan:
                     latents = b.add("latents", tag, where, {"model": model, "sae": sae, "tokens": tokens["interp"]})
                     ex_params = {k2: ai[k2] for k2 in ("n_latents", "min_activations", "window", "explainer_examples", "explainer_sampling", "test_examples", "n_quantiles", "non_activating", "seed")}
                     examples = b.add("examples", tag, ex_params, {"latents": latents, "tokens": tokens["interp"], "tokenizer": models["trained"]})
-                    llm = {"explainer": ai["explainer"], "client": ai["client"], "anthropic_model": ai["anthropic_model"], "local_model": ai["local_model"]}
+                    llm = _llm_params(ai)
                     explain = b.add("explain", tag, llm, {"examples": examples})
                     for scorer in ai["scorers"]:
                         b.add("score", f"{tag}/{scorer}", {**llm, "scorer": scorer, "examples_per_prompt": ai["examples_per_prompt"], "seed": ai["seed"]}, {"explain": explain, "examples": examples})

@@ -9,7 +9,7 @@ import pytest
 from ai_helpers import SECRET, make_bundle
 from stub_anthropic import Fault, StubAnthropic
 
-from randsae.autointerp.anthropic_client import AnthropicClient, AnthropicConfigError
+from randsae.autointerp.anthropic_client import DEFAULT_MODEL, AnthropicClient, AnthropicConfigError
 from randsae.autointerp.cache import CachedClient, ResponseCache
 from randsae.autointerp.clients import Completion, Usage
 from randsae.autointerp.explainers import LLMExplainer
@@ -116,7 +116,7 @@ def test_messages_request_shape_and_cost(stub, api_key, fast_retry) -> None:
     u1, u2 = first.completion.usage, second.completion.usage
     assert u1.cache_write_tokens > 1000 and u1.cache_read_tokens == 0
     assert u2.cache_read_tokens == u1.cache_write_tokens and u2.cache_write_tokens == 0
-    assert second.completion.cost_usd == pytest.approx(cost_usd("claude-sonnet-4-5", u2))
+    assert second.completion.cost_usd == pytest.approx(cost_usd(DEFAULT_MODEL, u2))
     assert second.completion.cost_usd < first.completion.cost_usd
 
 
@@ -129,6 +129,7 @@ def test_price_table() -> None:
     assert cost_usd("claude-sonnet-4-5", u, batch=True) == pytest.approx(full / 2)
     assert full is not None
     assert cost_usd("mystery", u) is None
+    assert cost_usd("claude-sonnet-5-5", u) == pytest.approx(2 + 10 + 0.2 + 2.5)
 
 
 def test_batch_with_errored_and_expired_items(stub, api_key, fast_retry, tmp_path) -> None:
@@ -139,7 +140,7 @@ def test_batch_with_errored_and_expired_items(stub, api_key, fast_retry, tmp_pat
     assert [r.ok for r in results] == [True, False, False, True, True]
     assert "errored" in results[1].reason and "expired" in results[2].reason
     assert results[0].explanation == "the word apple" and results[0].client == "anthropic"
-    assert results[0].cost_usd == pytest.approx(cost_usd("claude-sonnet-4-5", results[0].usage, batch=True))
+    assert results[0].cost_usd == pytest.approx(cost_usd(DEFAULT_MODEL, results[0].usage, batch=True))
     assert stub.counts["batch_create"] == 1
     # The rerun resubmits only the two failed items; everything else comes from the cache.
     stub.batch_item_fault = lambda i, cid: None

@@ -57,7 +57,7 @@ from randsae.autointerp.types import Prompt
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
 
 #: Structured-output schema of a judge reply (one entry per example).
 ANSWERS_SCHEMA: dict[str, Any] = {

@@ -225,15 +225,15 @@ def default_client(
     kind = choose_client_kind(cfg, env)
     client: Client
     if kind == "anthropic":
-        from randsae.autointerp.anthropic_client import AnthropicClient
+        from randsae.autointerp.anthropic_client import DEFAULT_MODEL, AnthropicClient
 
         if cache_dir is not None:
             kwargs.setdefault("journal_dir", Path(cache_dir) / "batch-journal")
-        client = AnthropicClient(model=ai.get("anthropic_model", "claude-sonnet-4-5"), env=env, **kwargs)
+        client = AnthropicClient(model=ai.get("anthropic_model") or DEFAULT_MODEL, env=env, **kwargs)
     else:
         from randsae.autointerp.local_client import LocalClient
 
-        client = LocalClient(ai.get("local_model", "smollm2-135m"), **kwargs)
+        client = LocalClient(ai.get("local_model") or "smollm2-135m", **kwargs)
     if cache_dir is not None:
         from randsae.autointerp.cache import CachedClient, ResponseCache
 

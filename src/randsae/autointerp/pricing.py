@@ -36,9 +36,14 @@ class Price:
 _OPUS_NEW = Price(5.0, 25.0)
 _OPUS_OLD = Price(15.0, 75.0)
 _SONNET = Price(3.0, 15.0)
+_SONNET_5 = Price(2.0, 10.0)
 
 #: Model name (date suffix removed) -> list price.
 PRICES: dict[str, Price] = {
+    "claude-opus-5-5": Price(4.0, 20.0),
+    "claude-sonnet-5-5": _SONNET_5,
+    "claude-sonnet-5": _SONNET_5,
+    "claude-sonnet-4-6": _SONNET,
     "claude-opus-4-5": _OPUS_NEW,
     "claude-opus-4-1": _OPUS_OLD,
     "claude-opus-4-0": _OPUS_OLD,
