@@ -17,11 +17,6 @@ KEY_PATTERN = "[0-9a-f]{20}"
 LINKS = ".randsae/links"
 
 
-def artifact_path(a):
-    """The artifact's directory in the store (the truth: exists once published)."""
-    return f"{STORE}/{a.relpath}"
-
-
 def link_path(stage, key):
     """This working directory's link to an artifact: what rules declare and consume."""
     return f"{LINKS}/{stage}/{key}"
@@ -31,16 +26,19 @@ def artifact_link(a):
     return link_path(a.stage, a.key)
 
 
+# the store as this parse sees it (which artifacts are already published)
+STORE_NOW = Store(STORE)
+
+
 def link_existing_artifacts():
     """Link every planned artifact that is already in the store but not yet linked here
     (built by an earlier run, or by another pipeline on the same store), so no job runs
     for it. Plan order is topological, so links are made upstream first and an input's
     link is never newer than its consumer's."""
-    store = Store(STORE)
     for a in PLAN.implemented():
         link = artifact_link(a)
-        if not os.path.lexists(link) and store.exists(a.stage, a.key):
-            store.link(link)
+        if not os.path.lexists(link) and STORE_NOW.exists(a.stage, a.key):
+            STORE_NOW.link(link)
 
 
 def stage_inputs(stage):

@@ -4,7 +4,6 @@
 # alone; the other layers' artifacts (same keys) are untouched.
 import hashlib
 from collections import defaultdict
-from pathlib import Path
 
 ACT_RESOURCES = {"mem_mb": 16000, "runtime": 240}
 
@@ -41,7 +40,7 @@ def family_threads(family, default):
 for (_model_key, _tokens_key), _arts in sorted(_activation_groups().items()):
     _gid = hashlib.sha256((_model_key + _tokens_key).encode()).hexdigest()[:10]
     # only layers not yet in the store; built ones were linked when the workflow was parsed
-    _todo = [a for a in sorted(_arts, key=lambda a: a.key) if not Path(artifact_path(a), "meta.json").is_file()]
+    _todo = [a for a in sorted(_arts, key=lambda a: a.key) if not STORE_NOW.exists(a.stage, a.key)]
     if _todo:
         rule:
             name: f"activations_{_gid}"

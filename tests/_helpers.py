@@ -36,3 +36,9 @@ def tiny_config(model_dir: Path | str, store: Path | str, **over: Any) -> dict[s
             node = node.setdefault(p, {})
         node[last] = value
     return copy.deepcopy(cfg)
+
+
+def store_contents(store: Any, skip: frozenset[str] = frozenset({"train_summary.json"})) -> dict[str, dict]:
+    """key -> {file: size and sha256} for every artifact of a ``randsae.store.Store``, to
+    compare two stores bit for bit. The SAE training summary records wall time: left out."""
+    return {m["key"]: {f: v for f, v in m["files"].items() if f not in skip} for m in store.iter_meta()}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _helpers import tiny_config
+from _helpers import store_contents, tiny_config
 
 from randsae.store import Store
 
@@ -81,11 +81,6 @@ def test_tiny_dag_through_slurm_equals_local_run(cluster, tmp_path, tiny_model_d
     run(tmp_path / "local", cfg_local, REPO / "profiles" / "local")
     slurm_store, local_store = Store(tmp_path / "slurm" / "store"), Store(tmp_path / "local" / "store")
     # Every file is bit-identical, except the SAE training summary (it records wall time).
-    skip = {"train_summary.json"}
-
-    def content(store):
-        return {m["key"]: {f: v for f, v in m["files"].items() if f not in skip} for m in store.iter_meta()}
-
-    slurm_meta, local_meta = content(slurm_store), content(local_store)
+    slurm_meta, local_meta = store_contents(slurm_store), store_contents(local_store)
     assert slurm_meta == local_meta and len(slurm_meta) == 21
     assert slurm_store.verify() == []

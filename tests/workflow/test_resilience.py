@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _helpers import tiny_config
+from _helpers import store_contents, tiny_config
 
 from randsae.store import Store
 
@@ -116,12 +116,6 @@ def mid_sae(store: Path) -> Callable[[], bool]:
     return moment
 
 
-def contents(store: Store) -> dict[str, dict]:
-    """key -> {file: size and sha256} for every artifact; the SAE training summary records
-    wall time and is left out."""
-    return {m["key"]: {f: v for f, v in m["files"].items() if f != "train_summary.json"} for m in store.iter_meta()}
-
-
 def published(workdir: Path) -> Counter:
     """How many times each artifact was published, from this pipeline's job logs."""
     counts: Counter = Counter()
@@ -140,7 +134,7 @@ def reference(tmp_path_factory, tiny_model_dir):
     finish(start(wd, cfg), wd)
     store = Store(wd / "store")
     assert store.verify() == []
-    return cfg, contents(store)
+    return cfg, store_contents(store)
 
 
 def test_kill_9_mid_activations_and_mid_sae_then_rerun_equals_uninterrupted(reference, tmp_path, tiny_model_dir):
@@ -162,7 +156,7 @@ def test_kill_9_mid_activations_and_mid_sae_then_rerun_equals_uninterrupted(refe
     store = Store(store_dir)
     assert store.verify() == []
     assert subprocess.run([sys.executable, "-m", "randsae", "store", "verify", "--store", str(store_dir)]).returncode == 0
-    assert contents(store) == ref_contents
+    assert store_contents(store) == ref_contents
     # the reruns really resumed: an activation pass restarted at a later chunk, an SAE from a checkpoint
     logs = "\n".join(p.read_text() for p in (wd / "logs").rglob("*.log"))
     assert "resuming at chunk" in logs
@@ -184,7 +178,7 @@ def test_two_pipelines_on_one_store_at_once(reference, tmp_path, tiny_model_dir)
 
     store = Store(store_dir)
     assert store.verify() == []
-    final = contents(store)
+    final = store_contents(store)
     assert {k: final[k] for k in ref_contents} == ref_contents  # nothing A needs was corrupted
     counts = published(wd_a) + published(wd_b)
     assert {ref.split("/")[1] for ref in counts} == set(final)  # every artifact was published ...

@@ -81,11 +81,16 @@ def bootstrap_auroc_ci(
             pick = rng.integers(0, len(members), size=len(members))
             rows = np.concatenate([members[k] for k in pick])
             values[b] = auroc(y[rows], s[rows])
-    values = values[np.isfinite(values)]
-    if values.size == 0:
+    return percentile_ci(values, level)
+
+
+def percentile_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the finite bootstrap values (NaN, NaN when there are none)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
         return (math.nan, math.nan)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    a = (1 - level) / 2
+    lo, hi = np.quantile(v, [a, 1 - a])
     return (float(lo), float(hi))
 
 

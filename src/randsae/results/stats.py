@@ -34,6 +34,8 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
+from randsae.autointerp.stats import percentile_ci as percentile_ci  # one definition, shared
+
 #: resamples handled at once: bounds memory at about chunk * n * 8 bytes per array.
 CHUNK = 32
 #: largest side resampled in full by the bootstrap (see module doc).
@@ -93,15 +95,6 @@ def _counts(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
     each of b resamples of size n with replacement."""
     draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
     return np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
-
-
-def percentile_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        return (math.nan, math.nan)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(v, [a, 1 - a])
-    return (float(lo), float(hi))
 
 
 @dataclass(frozen=True)
