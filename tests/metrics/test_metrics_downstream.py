@@ -314,8 +314,9 @@ def test_evaluate_batch_feeds_reconstruction_stats(tiny_model, tiny_sae, token_i
 
 @pytest.mark.parametrize("rows", [1, 3, 64])
 def test_reduction_chunking_paths_agree(monkeypatch, rows: int) -> None:
-    """The CE/KL reduction gives the same sums for any chunk size and either dot-product path
-    (tiny GEMM diagonal for few rows, vecdot for many, as on an accelerator)."""
+    """The CE/KL reduction gives the same sums for any chunk size, the CPU's row-at-a-time
+    path (rows=1) included, and either dot-product path (tiny GEMM diagonal for few rows,
+    vecdot for many, as on an accelerator), with a shared or a per-sequence zero branch."""
     import randsae.metrics.downstream as ds_mod
 
     g = torch.Generator().manual_seed(7)
@@ -327,10 +328,14 @@ def test_reduction_chunking_paths_agree(monkeypatch, rows: int) -> None:
     ref = DownstreamStats()
     ref.update(clean, sae, zero.expand(b, t, v).contiguous(), ids)  # per-sequence zero path
     monkeypatch.setattr(ds_mod, "_CPU_MAX_ROWS", rows)
+    assert ds_mod._chunk_rows(clean.device, v) == rows  # rows == 1: the row path
     got = DownstreamStats()
     got.update(clean, sae, zero, ids)  # shared zero path
+    got_per_seq = DownstreamStats()
+    got_per_seq.update(clean, sae, zero.expand(b, t, v).contiguous(), ids)
     for name in ("n_tokens", "nll_clean", "nll_sae", "nll_zero", "kl_sae", "kl_zero"):
         assert getattr(got, name) == pytest.approx(getattr(ref, name), rel=1e-5), name
+        assert getattr(got_per_seq, name) == pytest.approx(getattr(ref, name), rel=1e-5), name
     # And against the textbook formulas in fp64.
     lp_c = torch.log_softmax(clean[:, :-1].double(), -1)
     lp_s = torch.log_softmax(sae[:, :-1].double(), -1)
