@@ -177,3 +177,28 @@ def test_load_rejects_wrong_shapes_and_versions(tmp_path):
     meta_path.write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(ValueError, match="v99"):
         TopKSAE.load(tmp_path / "s")
+
+
+@pytest.mark.parametrize("rows", [1, 255, 256, 700])
+def test_rowwise_dot_equals_vecdot(rows: int) -> None:
+    from randsae.sae.model import rowwise_dot
+
+    g = torch.Generator().manual_seed(rows)
+    a, b = torch.randn(rows, 37, generator=g), torch.randn(rows, 37, generator=g)
+    torch.testing.assert_close(rowwise_dot(a, b), torch.linalg.vecdot(a, b), rtol=1e-6, atol=1e-6)
+    assert not torch.equal(rowwise_dot(a, b), rowwise_dot(a, -b))
+
+
+def test_sum_of_squares_value_and_gradient() -> None:
+    from randsae.sae.stats import sum_of_squares, total_variance
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    y = x.detach().clone().requires_grad_(True)
+    sum_of_squares(x * 3).backward()
+    (y * 3).pow(2).sum().backward()
+    assert x.grad is not None and y.grad is not None
+    torch.testing.assert_close(x.grad, y.grad)
+    torch.testing.assert_close(sum_of_squares(x.detach()), x.detach().pow(2).sum())
+    xd = x.detach()
+    torch.testing.assert_close(total_variance(xd), (xd - xd.mean(0)).pow(2).sum().float())

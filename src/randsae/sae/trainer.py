@@ -27,7 +27,7 @@ from randsae.sae import ops
 from randsae.sae.config import SaeConfig
 from randsae.sae.data import ActivationStream
 from randsae.sae.model import COMPUTE_DTYPES, TopKSAE
-from randsae.sae.stats import geometric_median, total_variance
+from randsae.sae.stats import geometric_median, sum_of_squares, total_variance
 from randsae.sae.train_log import LOG_FILE, LogAccumulator, write_log
 
 CHECKPOINT_VERSION = 1
@@ -407,7 +407,7 @@ def _forward_backward(
     dead = dead_mask(m.since_fired, cfg.dead_window_tokens) if use_aux else None
     out = model(xf, dead, cfg.resolved_auxk_k(model.d_model) if use_aux else 0)
     err = out.x_hat - xf
-    fvu = err.pow(2).sum() / var
+    fvu = sum_of_squares(err) / var
     aux = torch.zeros((), device=xf.device)
     if out.aux_values is not None and out.aux_indices is not None:
         aux = auxk_loss(model, out.aux_values, out.aux_indices, -err.detach())
