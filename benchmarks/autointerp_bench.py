@@ -105,6 +105,29 @@ def naive(client, prompts) -> None:
                 client.lm(input_ids=ids, logits_to_keep=1)
 
 
+def forward_tokens(client, prompts, bs: int) -> int:
+    """Token positions the judge's forwards process for ``prompts`` at batch size ``bs``
+    (padding not counted): per batch, the prefix its prompts share once, each prompt's own
+    part, and every cue. On a compute-bound CPU the speedup of batching cannot exceed the
+    ratio of these counts."""
+    plans = [client._plan(p) for p in prompts]
+    total = 0
+    old = client.batch_size
+    client.batch_size = bs
+    try:
+        batches = client._batches([pl[0] for pl in plans], [p.system for p in prompts])
+    finally:
+        client.batch_size = old
+    for batch in batches:
+        prefixes = [plans[i][0] for i in batch]
+        shared = 0
+        while shared < min(map(len, prefixes)) and len({pre[shared] for pre in prefixes}) == 1:
+            shared += 1
+        total += shared + sum(len(pre) - shared for pre in prefixes)
+        total += sum(len(cue) for i in batch for cue in plans[i][1])
+    return total
+
+
 def _timed(fn) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process): CPU time is less disturbed by other
     processes sharing the machine."""
@@ -157,6 +180,11 @@ def part1(args) -> None:
     print(f"  {'mode':8s} {'wall s':>8s} {'CPU s':>8s} {'examples/s':>10s} {'speedup wall':>12s} {'speedup CPU':>11s}")
     for name, (w, c) in med.items():
         print(f"  {name:8s} {w:8.2f} {c:8.2f} {n_items / w:10.1f} {base[0] / w:11.2f}x {base[1] / c:10.2f}x")
+    tokens_1 = forward_tokens(client, prompts, 1)
+    for bs in args.batch:
+        tokens_b = forward_tokens(client, prompts, bs)
+        print(f"  B={bs}: forward tokens {tokens_b:,} vs {tokens_1:,} one prompt at a time: "
+              f"token-count ceiling of the speedup {tokens_1 / tokens_b:.2f}x")
     for bs in args.batch:
         diff = max(abs(x - y) for ra, rb in zip(results[1], results[bs])
                    for da, db in zip(ra.probs, rb.probs) for x, y in zip(da, db))
