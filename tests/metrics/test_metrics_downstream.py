@@ -278,6 +278,29 @@ def test_zero_branch_per_sequence_matches_shared(tiny_model, tiny_sae, token_ids
     assert a.kl_zero == pytest.approx(b.kl_zero, rel=1e-5)
 
 
+def test_zero_cache_runs_the_zero_branch_once_per_evaluation(tiny_model, tiny_sae, token_ids) -> None:
+    """With a zero cache the last block runs 2 times per batch after the first (clean, SAE),
+    and the statistics are exactly those of evaluating every batch in full."""
+    _, model = tiny_model
+    last = get_blocks(model)[N_LAYERS - 1]
+    calls = {"n": 0}
+    handle = last.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    halves = (token_ids[:2], token_ids[2:])  # two batches of the same length
+    cached, full, cache = DownstreamStats(), DownstreamStats(), {}
+    try:
+        for ids in halves:
+            evaluate_batch(model, tiny_sae, ids, 1, tiny_sae.n_latents, cached, zero_cache=cache)
+        n_cached = calls["n"]
+        for ids in halves:
+            evaluate_batch(model, tiny_sae, ids, 1, tiny_sae.n_latents, full)
+    finally:
+        handle.remove()
+    assert n_cached == 3 + 2 and calls["n"] - n_cached == 3 + 3
+    assert len(cache) == 1
+    for name in ("n_tokens", "nll_clean", "nll_sae", "nll_zero", "kl_sae", "kl_zero"):
+        assert getattr(cached, name) == getattr(full, name), name
+
+
 def test_bf16_model_with_fp32_sae(tiny_sae, token_ids) -> None:
     model = build_model("llama").to(torch.bfloat16)
     ds, rs = DownstreamStats(), ReconstructionStats()

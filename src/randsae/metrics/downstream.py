@@ -330,6 +330,7 @@ def evaluate_batch(
     sae_dtype: torch.dtype | None = None,
     single_zero_sequence: bool = True,
     skip_first_position: bool = False,
+    zero_cache: dict[tuple[int, ...], torch.Tensor] | None = None,
 ) -> None:
     """All SAE metrics for one batch of token sequences ``input_ids [B, T]``.
 
@@ -348,6 +349,11 @@ def evaluate_batch(
     hookpoint see only the hidden state, positions and mask (GPT-NeoX, Llama, GPT-2 and other
     standard decoders); only used when there is no padding. Set False to run it for every
     sequence.
+
+    ``zero_cache``: for the same reason the single zero sequence's logits are the same for
+    every batch of the same length; pass one dict for all batches of one evaluation (same
+    model, same layer) and the zero branch runs once per evaluation instead of once per
+    batch. Never share it between models or layers.
     """
     prefix = clean_forward(model, input_ids, layer, attention_mask)
     h = prefix.hidden
@@ -373,7 +379,13 @@ def evaluate_batch(
     logits_sae = spliced_logits(model, prefix, spliced)
     no_padding = attention_mask is None or bool(attention_mask.all())
     zero_b = 1 if (single_zero_sequence and no_padding) else b
-    logits_zero = spliced_logits(model, prefix, h.new_zeros(zero_b, t, d))
+    key = (t, d)
+    if zero_b == 1 and zero_cache is not None and key in zero_cache:
+        logits_zero = zero_cache[key]
+    else:
+        logits_zero = spliced_logits(model, prefix, h.new_zeros(zero_b, t, d))
+        if zero_b == 1 and zero_cache is not None:
+            zero_cache[key] = logits_zero
     count_mask = counted.long() if (skip_first_position or attention_mask is not None) else None
     downstream.update(
         prefix.logits, logits_sae, logits_zero, input_ids, count_mask, exclude_target_ids

@@ -38,12 +38,14 @@ def run(ctx: StageContext) -> None:
         n_seq = max(1, min(n_seq, p["max_tokens"] // ctx_len))
     recon, downstream = ReconstructionStats(), DownstreamStats()
     artifact_seed = loaded.info.get("seed") or 0
+    zero_cache: dict[tuple[int, ...], torch.Tensor] = {}  # zero-branch logits, once per length
     with torch.inference_mode(), tqdm(total=n_seq * ctx_len, unit="tok", unit_scale=True, desc=f"metrics {ctx.spec['name']}") as bar:
         for b0 in range(0, n_seq, batch_size):
             ids = torch.from_numpy(tokens[b0 : min(n_seq, b0 + batch_size)]).long().to(dev)
             with control_seed(loaded.model, control_row_seeds(artifact_seed, b0, ids.shape[0])):
                 evaluate_batch(loaded.model, sae, ids, p["layer"], sae.n_latents, downstream, recon,
-                               sae_dtype=torch.float32, skip_first_position=p["drop_first_position"])
+                               sae_dtype=torch.float32, skip_first_position=p["drop_first_position"],
+                               zero_cache=zero_cache)
             bar.update(ids.numel())
     summary = json.loads((ctx.inputs["sae"] / "train_summary.json").read_text())
     cfg = json.loads((ctx.inputs["sae"] / "cfg.json").read_text())
