@@ -64,8 +64,6 @@ def _chunk_rows(device: torch.device, vocab: int) -> int:
 def _rowdots(p: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
     """``out[j, k] = <p[k], lp[j, k]>`` for ``p [r, V]`` and ``lp [n, r, V]`` (contiguous)."""
     n, r, v = lp.shape
-    if r == 1:
-        return torch.mv(lp.view(n, v), p[0]).unsqueeze(1)
     if r <= _GEMM_DOT_MAX_ROWS:
         return torch.mm(p, lp.view(n * r, v).T).view(r, n, r).diagonal(dim1=0, dim2=2)
     return torch.linalg.vecdot(p.unsqueeze(0), lp, dim=-1)
@@ -144,8 +142,11 @@ class DownstreamStats:
             lp_zero = torch.log_softmax(logits_zero[0, :-1].float(), dim=-1)
             per_token[2] = lp_zero.expand(b, t - 1, -1).gather(-1, targets).squeeze(-1)
         rows = _chunk_rows(logits_clean.device, logits_clean.shape[-1])
-        reduce = _reduce_by_row if rows == 1 else _reduce_by_chunk
-        reduce(logits_clean, logits_sae, logits_zero, lp_zero, targets, per_token, rows)
+        reduce_args = (logits_clean, logits_sae, logits_zero, lp_zero, targets, per_token)
+        if rows == 1:
+            _reduce_by_row(*reduce_args)
+        else:
+            _reduce_by_chunk(*reduce_args, rows)
         nll = per_token[:3].neg()
         kl = per_token[3:4] - per_token[4:6]  # <p, lp_clean> - <p, lp_branch>
         sums = torch.cat((nll, kl))[:, mask].double().sum(dim=-1).tolist()
@@ -189,7 +190,6 @@ class DownstreamStats:
             kl_score_unstable=bool(not math.isfinite(kl_zero) or kl_zero < kl_unstable),
             ce_score_meaningful=variant in CE_SCORE_MEANINGFUL_VARIANTS,
         )
-
 
 
 def _reduce_by_chunk(
@@ -239,7 +239,6 @@ def _reduce_by_row(
     lp_zero: torch.Tensor | None,
     targets: torch.Tensor,
     per_token: torch.Tensor,
-    rows: int = 1,
 ) -> None:
     """Same as :func:`_reduce_by_chunk` one prediction at a time (the CPU path).
 
