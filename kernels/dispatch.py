@@ -1,11 +1,18 @@
-"""Choose between the Triton kernels and the torch path, and wrap the decoder for autograd.
+"""One switch between the Triton kernels and the torch path, and the decoder's autograd wrapper.
 
-Policy (environment variable RANDSAE_KERNELS, read at every call):
+Every sparse op of randsae (the SAE's decode, its gradients, the encoder-weight gradient) goes
+through :func:`sparse_decode` and :func:`encoder_weight_grad` here. Backends are named
+``"triton"`` (topk_decode.py, encoder_grad.py) and ``"torch"`` (reference.py, the only torch
+implementation: the reference the kernels are tested against and the CPU training path).
+
+Policy: a process-wide setting, :func:`set_backend` (the CLI sets it from the config key
+``execution.kernels``); it is read at every forward call:
     auto   (default) Triton for CUDA tensors when triton is installed, torch otherwise.
-    torch  always the torch path (reference.py), e.g. to rule the kernels out when debugging.
+    torch  always the torch path, e.g. to rule the kernels out when debugging.
     triton always Triton. On CPU tensors this is only possible under the Triton interpreter
-           (TRITON_INTERPRET=1), which is how the kernels are tested without a GPU; anything else
-           raises KernelBackendError instead of failing deep inside Triton.
+           (TRITON_INTERPRET=1, Triton's own variable), which is how the kernels are tested
+           without a GPU; anything else raises KernelBackendError instead of failing deep
+           inside Triton.
 
 Triton is an optional dependency (the ``gpu`` extra), so the Triton modules are imported only when
 the Triton backend is chosen.
@@ -24,8 +31,10 @@ import torch
 from . import reference
 
 Backend = Literal["triton", "torch"]
-ENV_VAR = "RANDSAE_KERNELS"
-_CHOICES = ("auto", "triton", "torch")
+CHOICES = ("auto", "triton", "torch")
+
+# The process-wide request; set_backend is the only writer.
+_requested = "auto"
 
 
 class KernelBackendError(RuntimeError):
@@ -38,12 +47,23 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def set_backend(choice: str) -> None:
+    """Request a backend for every later sparse op in this process: 'auto', 'triton' or 'torch'.
+
+    Only the name is checked here; whether the backend can run given tensors is decided per call
+    (a forced 'triton' on CPU tensors outside the interpreter raises KernelBackendError there).
+    """
+    global _requested
+    if not isinstance(choice, str) or choice not in CHOICES:
+        raise ValueError(
+            f"kernel backend must be one of {', '.join(repr(c) for c in CHOICES)}, got {choice!r}"
+        )
+    _requested = choice
+
+
 def requested_backend() -> str:
-    """The RANDSAE_KERNELS setting, validated: 'auto', 'triton' or 'torch'."""
-    raw = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if raw not in _CHOICES:
-        raise KernelBackendError(f"{ENV_VAR}={raw!r} is not one of {', '.join(_CHOICES)}")
-    return raw
+    """The current process-wide request: 'auto' (the default), 'triton' or 'torch'."""
+    return _requested
 
 
 @cache
@@ -57,7 +77,7 @@ def _warn_no_triton_once() -> None:
 
 
 def backend_for(tensor: torch.Tensor) -> Backend:
-    """The backend that will run an op on ``tensor``'s device under the current RANDSAE_KERNELS."""
+    """The backend that will run an op on ``tensor``'s device under the current request."""
     choice = requested_backend()
     if choice == "torch":
         return "torch"
@@ -69,7 +89,8 @@ def backend_for(tensor: torch.Tensor) -> Backend:
         return "triton" if on_cuda else "torch"
     if not triton_available():
         raise KernelBackendError(
-            f"{ENV_VAR}=triton but the triton package is not installed (pip install 'randsae[gpu]')"
+            "kernel backend 'triton' requested but the triton package is not installed "
+            "(pip install 'randsae[gpu]')"
         )
     if not on_cuda:
         from .triton_mode import interpreted
@@ -83,9 +104,10 @@ def backend_for(tensor: torch.Tensor) -> Backend:
                 else "set TRITON_INTERPRET=1 in the environment before the process imports triton"
             )
             raise KernelBackendError(
-                f"{ENV_VAR}=triton but the tensors are on {tensor.device}: the Triton kernels run "
-                f"on CUDA devices, or on the CPU only under the Triton interpreter ({hint}). "
-                f"Unset {ENV_VAR} (or set it to 'torch') to use the torch path."
+                f"kernel backend 'triton' requested but the tensors are on {tensor.device}: the "
+                f"Triton kernels run on CUDA devices, or on the CPU only under the Triton "
+                f"interpreter ({hint}). Request 'auto' or 'torch' (set_backend, config key "
+                f"execution.kernels) to use the torch path."
             )
     return "triton"
 

@@ -1,4 +1,8 @@
-"""Pure-torch implementations of the TopK SAE sparse operations (the reference and the CPU path).
+"""The torch implementation of the TopK SAE sparse operations: the reference and the CPU path.
+
+This is randsae's only torch implementation of these operations. dispatch.py runs it whenever the
+backend is "torch" (CPU tensors, CUDA without triton, or a forced "torch"), and the Triton kernels
+are tested against it, so it is both the definition of the semantics and the CPU training path.
 
 Shapes: N tokens, d model width, L latents, k active latents per token.
     values  [N, k]  activations of the selected latents
@@ -6,17 +10,18 @@ Shapes: N tokens, d model width, L latents, k active latents per token.
     W_dec   [L, d]  decoder rows
     x       [N, d]  (centred) input, for the encoder-weight gradient
 
-These functions define the semantics the Triton kernels are tested against, and they are also what
-the CPU trainer runs, so they must be fast: nothing here materialises an ``N x L`` array or the
-gathered ``[N, k, d]`` block. Each operation is one fused library call over the ``N * k``
-selected entries:
+Because the trainer runs it, it must be fast: nothing here materialises an ``N x L`` array or the
+gathered ``[N, k, d]`` block (a test checks the largest allocation). Each operation is one fused
+library call over the ``N * k`` selected entries:
 
     decode            embedding_bag(indices, W_dec, per_sample_weights=values)  one bag per token
     grad of values    embedding_bag's per-sample-weight gradient kernel         k dots per token
     grad of W_dec     embedding_bag(tokens, grad_out, latent offsets, values)   one bag per latent
     grad of W_enc     embedding_bag(tokens, x, latent offsets, grad_values)     one bag per latent
 
-The per-latent bags come from ``csr.latent_csr`` (a stable sort of the indices, memoised).
+The per-latent bags come from ``csr.latent_csr`` (a stable sort of the indices, memoised, so the
+two weight gradients of one step share it). Every output row is summed by one thread in a fixed
+order, so results are bitwise reproducible on the CPU.
 
 Precision: half and bfloat16 inputs are computed in float32 and the result is cast back, the same
 contract as the Triton kernels (fp32 accumulation). float64 stays float64, so gradcheck works.

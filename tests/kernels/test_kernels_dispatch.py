@@ -1,4 +1,4 @@
-"""Backend selection (RANDSAE_KERNELS) and the autograd wrapper, on the CPU torch path.
+"""Backend selection (dispatch.set_backend) and the autograd wrapper, on the CPU torch path.
 
 Routing through the Triton kernels themselves is tested in test_kernels_triton.py, which needs
 an interpreter (or GPU) process.
@@ -15,11 +15,7 @@ from randsae.kernels import dispatch, reference
 
 CUDA_LIKE = types.SimpleNamespace(device=torch.device("cuda", 0))  # only .device is consulted
 CPU = torch.zeros(1)
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    monkeypatch.delenv("RANDSAE_KERNELS", raising=False)
+# conftest.py resets the process-wide request to 'auto' around every test.
 
 
 def make_case(n, d, n_latents, k, dtype, distinct=True, seed=0):
@@ -41,7 +37,8 @@ def test_auto_picks_torch_on_cpu_and_triton_on_cuda(monkeypatch):
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)
     assert kernels.backend_for(CPU) == "torch"
     assert kernels.backend_for(CUDA_LIKE) == "triton"
-    monkeypatch.setenv("RANDSAE_KERNELS", "AUTO ")  # case and whitespace tolerant
+    kernels.set_backend("auto")  # explicit 'auto' is the default
+    assert kernels.requested_backend() == "auto"
     assert kernels.backend_for(CUDA_LIKE) == "triton"
 
 
@@ -54,20 +51,23 @@ def test_auto_on_cuda_without_triton_warns_and_uses_torch(monkeypatch):
 
 def test_forced_torch_wins_everywhere(monkeypatch):
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)
-    monkeypatch.setenv("RANDSAE_KERNELS", "torch")
+    kernels.set_backend("torch")
+    assert kernels.requested_backend() == "torch"
     assert kernels.backend_for(CUDA_LIKE) == "torch"
     assert kernels.backend_for(CPU) == "torch"
 
 
-def test_unknown_value_is_rejected(monkeypatch):
-    monkeypatch.setenv("RANDSAE_KERNELS", "cuda")
-    with pytest.raises(kernels.KernelBackendError, match="auto, triton, torch"):
-        kernels.backend_for(CPU)
+@pytest.mark.parametrize("bad", ["cuda", "Torch", " auto", "", None])
+def test_unknown_value_is_rejected_and_the_request_is_kept(bad):
+    kernels.set_backend("torch")
+    with pytest.raises(ValueError, match=r"one of 'auto', 'triton', 'torch', got"):
+        kernels.set_backend(bad)
+    assert kernels.requested_backend() == "torch"  # a rejected value changes nothing
 
 
 def test_forced_triton_without_the_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(dispatch, "triton_available", lambda: False)
-    monkeypatch.setenv("RANDSAE_KERNELS", "triton")
+    kernels.set_backend("triton")
     with pytest.raises(kernels.KernelBackendError, match=r"randsae\[gpu\]"):
         kernels.backend_for(CUDA_LIKE)
 
@@ -77,7 +77,7 @@ def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
     from randsae.kernels import triton_mode
 
     values, indices, W_dec, _ = make_case(3, 5, 7, 2, torch.float32)
-    monkeypatch.setenv("RANDSAE_KERNELS", "triton")
+    kernels.set_backend("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(triton_mode, "interpreted", lambda: False)
     # Raised by the public entry points before any Triton code runs, with the way out spelled out.
@@ -90,7 +90,7 @@ def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
         message = str(err.value)
         assert "TRITON_INTERPRET=1" in message
         assert "on cpu" in message
-        assert "'torch'" in message
+        assert "'torch'" in message and "execution.kernels" in message
     # The variable set too late (triton already imported without it) gets its own explanation.
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(kernels.KernelBackendError, match="only after triton was imported"):
@@ -144,7 +144,11 @@ def test_backward_uses_the_backend_chosen_in_forward(monkeypatch):
     values, indices, W_dec, grad_out = make_case(4, 5, 7, 3, torch.float32)
     values.requires_grad_()
     out = kernels.sparse_decode(values, indices, W_dec)  # auto on CPU: torch
-    monkeypatch.setenv("RANDSAE_KERNELS", "not-a-backend")  # would raise if consulted again
+    # A forced 'triton' without the package would raise KernelBackendError if consulted again.
+    monkeypatch.setattr(dispatch, "triton_available", lambda: False)
+    kernels.set_backend("triton")
+    with pytest.raises(kernels.KernelBackendError):
+        kernels.backend_for(CPU)
     out.backward(grad_out)
     expected = torch.einsum("nd,nkd->nk", grad_out, W_dec[indices])
     torch.testing.assert_close(values.grad, expected, rtol=1e-5, atol=1e-5)

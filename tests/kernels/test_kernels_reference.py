@@ -155,6 +155,20 @@ def test_latent_csr_layout_memo_and_range_check():
         latent_csr(indices, 3)
 
 
+def test_latent_csr_offsets_are_the_bounds_of_the_sorted_ids():
+    # The CPU counts entries per latent; that must equal binary-searching the sorted ids (what
+    # CUDA does), including latents that never fire and long runs of one id.
+    clear_latent_csr_memo()
+    indices = torch.randint(0, 50, (300, 7), generator=torch.Generator().manual_seed(4)) * 2
+    csr = latent_csr(indices, 103)  # odd ids and 100..102 never occur
+    sorted_ids = indices.reshape(-1).sort(stable=True).values
+    assert torch.equal(csr.offsets, torch.searchsorted(sorted_ids, torch.arange(104)))
+    assert csr.offsets.dtype == torch.int64
+    assert torch.equal(indices.reshape(-1)[csr.perm], sorted_ids)
+    assert csr.tokens() is csr.tokens()  # computed once per layout
+    assert torch.equal(csr.tokens(), csr.perm // 7)
+
+
 def test_empty_batch():
     values, indices, W_dec, grad_out, x = make_case(0, 13, 37, 4, False, torch.float32)
     assert ref.sparse_decode_ref(values, indices, W_dec).shape == (0, 13)

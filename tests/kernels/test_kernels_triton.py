@@ -156,7 +156,7 @@ def test_empty_batch():
 
 
 def test_forced_triton_backend_routes_through_the_kernels(monkeypatch):
-    # RANDSAE_KERNELS=triton: SparseDecode and encoder_weight_grad must call the Triton wrappers
+    # set_backend("triton"): SparseDecode and encoder_weight_grad must call the Triton wrappers
     # (spied on) and agree with the torch path, gradients included.
     calls = []
 
@@ -174,7 +174,7 @@ def test_forced_triton_backend_routes_through_the_kernels(monkeypatch):
     spy(encoder_grad, "sparse_encoder_weight_grad")
 
     values, indices, W_dec, grad_out, x = make_case(7, 40, 37, 5, True, torch.float32)
-    monkeypatch.setenv("RANDSAE_KERNELS", "triton")
+    kernels.set_backend("triton")  # conftest.py puts 'auto' back afterwards
     assert kernels.backend_for(W_dec) == "triton"
     v, W = values.clone().requires_grad_(), W_dec.clone().requires_grad_()
     out = kernels.sparse_decode(v, indices, W)
@@ -187,7 +187,7 @@ def test_forced_triton_backend_routes_through_the_kernels(monkeypatch):
         "sparse_encoder_weight_grad",
     ]
 
-    monkeypatch.setenv("RANDSAE_KERNELS", "torch")
+    kernels.set_backend("torch")
     v_ref, W_ref = values.clone().requires_grad_(), W_dec.clone().requires_grad_()
     out_ref = kernels.sparse_decode(v_ref, indices, W_ref)
     out_ref.backward(grad_out)

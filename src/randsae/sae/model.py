@@ -7,7 +7,7 @@
 Why by hand: autograd through ``topk`` of a dense [N, L] matrix would build and backpropagate a
 dense [N, L] gradient, as expensive as the forward matmul. Only the k selected pre-activations
 per token receive gradient, so :class:`_SelectedPreacts` returns exactly those gradients: the
-encoder gradient is a scatter of N*k rows (ops.encoder_weight_grad) and the decoder-bias
+encoder gradient is a scatter of N*k rows (kernels.encoder_weight_grad) and the decoder-bias
 gradient through the encoder a [L] x [L, d] product.
 
 Layout: the encoder weight and bias live in one parameter ``enc`` = [W_enc | b_enc] of shape
@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from randsae.sae import ops
+from randsae.kernels import encoder_weight_grad, sparse_decode
 from randsae.sae.config import SaeConfig
 from randsae.sae.topk import topk_nonneg
 
@@ -90,7 +90,7 @@ class _SelectedPreacts(torch.autograd.Function):
         values, indices, xc_aug, enc = ctx.saved_tensors
         gv = torch.where(values > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
         # d pre[n, l] / d enc[l] = [x_n - b_dec | 1]; d pre[n, l] / d b_dec = -W_enc[l]
-        grad_enc = ops.encoder_weight_grad(gv, indices, xc_aug, enc.shape[0]).to(enc.dtype)
+        grad_enc = encoder_weight_grad(gv, indices, xc_aug, enc.shape[0]).to(enc.dtype)
         grad_b_dec = None
         if ctx.needs_input_grad[4]:
             d = enc.shape[1] - 1
@@ -168,7 +168,7 @@ class TopKSAE(nn.Module):
 
     def decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """(values, indices) -> x_hat [N, d] including b_dec."""
-        return ops.decode(values, indices, self.W_dec) + self.b_dec
+        return sparse_decode(values, indices, self.W_dec) + self.b_dec
 
     def forward(
         self, x: torch.Tensor, dead_mask: torch.Tensor | None = None, k_aux: int = 0
