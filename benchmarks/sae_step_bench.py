@@ -202,6 +202,7 @@ def compare_fvu(args: argparse.Namespace, dtype: str, work: Path) -> dict[str, A
             train_path,
             batch_size=n,
             shuffle_buffer_tokens=cfg.shuffle_buffer_tokens,
+            shuffle_block_sequences=cfg.shuffle_block_sequences,
             data_seed=cfg.data_seed,
             max_tokens=cfg.max_tokens,
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import zarr
 
 from randsae import zarr_io
 from randsae.sae import SaeConfig
@@ -51,6 +52,42 @@ def make_acts(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
+def make_seq_acts(tmp_path: Path) -> Callable[..., Path]:
+    """Write [n_seq * rows_per_seq, d] rows the way the activations stage lays them out: the
+    rows_per_seq / n_seq attributes, whole sequences per chunk (and per shard, if given)."""
+
+    def make(
+        x: torch.Tensor,
+        rows_per_seq: int,
+        seqs_per_chunk: int,
+        name: str,
+        seqs_per_shard: int | None = None,
+        logical: str = "float32",
+    ) -> Path:
+        n_seq, rem = divmod(x.shape[0], rows_per_seq)
+        assert rem == 0, "test data must be whole sequences"
+        path = tmp_path / name
+        chunks = (seqs_per_chunk * rows_per_seq, x.shape[1])
+        shards = None if seqs_per_shard is None else (seqs_per_shard * rows_per_seq, x.shape[1])
+        arr = zarr.create_array(
+            store=str(path),
+            shape=tuple(x.shape),
+            chunks=chunks,
+            shards=shards,
+            dtype=zarr_io.DTYPES[logical][1],
+            compressors=zarr_io.default_compressors(),
+            zarr_format=3,
+            fill_value=0,
+        )
+        attrs = {zarr_io.LOGICAL_DTYPE_ATTR: logical, "rows_per_seq": rows_per_seq}
+        arr.attrs.update({**attrs, "n_seq": n_seq})
+        zarr_io.write_rows(arr, 0, x)
+        return path
+
+    return make
+
+
+@pytest.fixture
 def small_cfg() -> Callable[..., SaeConfig]:
     """A config small enough for a unit test; keyword arguments override fields."""
 
@@ -64,6 +101,7 @@ def small_cfg() -> Callable[..., SaeConfig]:
             auxk_k=8,
             dead_window_tokens=1024,
             shuffle_buffer_tokens=1000,
+            shuffle_block_sequences=500,  # = make_acts' default chunk (arrays without rows_per_seq)
             checkpoint_every_steps=7,
             log_every_steps=5,
         )

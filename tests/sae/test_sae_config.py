@@ -17,7 +17,16 @@ def test_defaults_follow_the_paper_and_sparsify():
     assert c.resolved_auxk_k(576) == 288
     assert math.isclose(c.resolved_lr(576), 2e-4 / math.sqrt(64 * 576 / 2**14))
     assert SaeConfig(lr=1e-3).resolved_lr(576) == 1e-3
-    assert set(SaeConfig.field_docs()) == set(c.to_dict()) and all(SaeConfig.field_docs().values())
+    assert set(SaeConfig.field_docs()) == set(c.to_dict()) | {"checkpoint_every_steps"} and all(SaeConfig.field_docs().values())
+
+
+def test_checkpoint_interval_is_execution_only():
+    """Not saved with the SAE (cfg.json), not part of a checkpoint's identity: two intervals
+    give the same to_dict(), and from_dict of that dict is the config with the default."""
+    a, b = SaeConfig(checkpoint_every_steps=3), SaeConfig(checkpoint_every_steps=1000)
+    assert a != b and a.to_dict() == b.to_dict()
+    assert "checkpoint_every_steps" not in a.to_dict()
+    assert SaeConfig.from_dict(a.to_dict()) == b
 
 
 def test_round_trip_through_dict():

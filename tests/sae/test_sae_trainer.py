@@ -66,6 +66,7 @@ def test_kill_and_resume_is_bitwise_identical(
         k=2,
         max_tokens=3000,
         shuffle_buffer_tokens=500,
+        shuffle_block_sequences=250,
         dead_window_tokens=256,
         dtype=dtype,
     )
@@ -138,7 +139,8 @@ def test_zero_variance_batches_are_skipped_and_counted(
     x = sparse_mixture(1280, 8)
     x[:512] = 1.0  # two whole chunks of identical rows
     acts = make_acts(x, chunk=256)
-    cfg = small_cfg(shuffle_buffer_tokens=256)  # a window is one chunk: 4 batches of constants
+    # a window is one block of 256 rows: 4 batches of constants
+    cfg = small_cfg(shuffle_buffer_tokens=256, shuffle_block_sequences=256)
     res = train_sae(acts, tmp_path / "out", cfg, tmp_path / "ck", progress=True)  # bar too
     assert res.zero_variance_batches == 4 and res.steps == 6 and res.tokens == 6 * 128
     const = make_acts(torch.ones(512, 8), name="const")
@@ -173,3 +175,39 @@ def test_lr_warms_up_linearly_then_decays_or_stays_constant():
     assert [lr_at(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert [lr_at(s, 1.0, 2, total_steps=6) for s in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
     assert lr_at(0, 0.5, 0) == 0.5
+
+
+def test_chunking_changes_no_byte_of_the_sae(tmp_path, make_seq_acts, sparse_mixture, small_cfg):
+    """activations.chunk_tokens is in no key, so it must not change what the SAE key covers."""
+    rows_per_seq = 15
+    x = sparse_mixture(rows_per_seq * 100, 12, n_dirs=24)
+    c3 = make_seq_acts(x, rows_per_seq, 3, "c3", logical="bfloat16")
+    c5 = make_seq_acts(x, rows_per_seq, 5, "c5", logical="bfloat16")
+    # 4-sequence blocks (60 rows, no chunking is a multiple), 3 blocks per window, 2 passes
+    cfg = small_cfg(
+        expansion_factor=8,
+        k=2,
+        max_tokens=3000,
+        shuffle_buffer_tokens=200,
+        shuffle_block_sequences=4,
+        dead_window_tokens=256,
+    )
+    ref = train_sae(c3, tmp_path / "c3", cfg, tmp_path / "ck3", progress=False)
+    assert ref.steps == 3000 // 128
+    train_sae(c5, tmp_path / "c5", cfg, tmp_path / "ck5", progress=False)
+    for name in ("sae.safetensors", "cfg.json", "train_log.parquet"):
+        assert (tmp_path / "c3" / name).read_bytes() == (tmp_path / "c5" / name).read_bytes(), name
+
+    # killed on one chunking, resumed on the other from the cursor: still the same bytes
+    ck = tmp_path / "ck_mixed"
+    with pytest.raises(Killed):
+        train_sae(c3, tmp_path / "mixed", cfg, ck, progress=False, on_step=_kill_at(10))
+    res = train_sae(c5, tmp_path / "mixed", cfg, ck, progress=False)
+    assert res.resumed_from_step == 7 and res.steps == ref.steps
+    want = (tmp_path / "c3" / "sae.safetensors").read_bytes()
+    assert (tmp_path / "mixed" / "sae.safetensors").read_bytes() == want
+
+    # the keyed block length does change the SAE (so the equalities above are not vacuous)
+    other = cfg.replace(shuffle_block_sequences=5)
+    train_sae(c3, tmp_path / "b5", other, tmp_path / "ck_b5", progress=False)
+    assert (tmp_path / "b5" / "sae.safetensors").read_bytes() != want

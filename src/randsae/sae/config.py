@@ -91,12 +91,26 @@ class SaeConfig:
     shuffle_buffer_tokens: int = field(
         default=262_144,
         metadata=_doc(
-            "Rows mixed together by the shuffle (one window of chunks). Memory: about twice this "
-            "many rows (one window in use, one prefetched)."
+            "Rows mixed together by the shuffle (one window of blocks, at least one block). "
+            "Memory: about twice this many rows (one window in use, one prefetched)."
+        ),
+    )
+    shuffle_block_sequences: int = field(
+        default=64,
+        metadata=_doc(
+            "Whole sequences per shuffle block, the unit the shuffle reorders before permuting "
+            "rows within a window (64 sequences of 255 rows = 16,320 rows). Part of the data "
+            "order, so keyed; the Zarr chunk length is not (it only changes I/O speed)."
         ),
     )
     checkpoint_every_steps: int = field(
-        default=1000, metadata=_doc("Write a resumable checkpoint every this many optimizer steps.")
+        default=1000,
+        metadata={
+            **_doc("Write a resumable checkpoint every this many optimizer steps."),
+            # How the run is carried out, not what it computes: left out of to_dict(), so it is
+            # in neither cfg.json nor a checkpoint's identity, and a rerun may change it.
+            "execution": True,
+        },
     )
     log_every_steps: int = field(
         default=10,
@@ -137,7 +151,8 @@ class SaeConfig:
     # -- (de)serialisation --------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field that determines the result (execution-only fields left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("execution")}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SaeConfig:
@@ -191,6 +206,7 @@ def _check_values(c: SaeConfig) -> None:
         "batch_size",
         "dead_window_tokens",
         "shuffle_buffer_tokens",
+        "shuffle_block_sequences",
         "checkpoint_every_steps",
         "log_every_steps",
     ]

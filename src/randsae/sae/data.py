@@ -2,7 +2,13 @@
 
 Shuffle scheme (a windowed shuffle, chosen because it can resume exactly from a tiny cursor):
 
-* The array is read in blocks of contiguous rows (its shard, else chunk, length along tokens).
+* The array is read in blocks of ``shuffle_block_sequences`` whole sequences (contiguous rows;
+  ``shuffle_block_sequences * rows_per_seq`` rows, the last block possibly shorter). The block
+  length comes from that keyed SAE parameter and the array's ``rows_per_seq`` attribute, never
+  from the storage chunking: the data order is a function of the seeds, the block length and the
+  array's shape alone, so arrays that differ only in chunk (or shard) length yield identical
+  batches. An array without a ``rows_per_seq`` attribute (one not written by the activations
+  stage) is read as one row per sequence.
 * Each epoch visits the blocks in a random order drawn from ``(data_seed, epoch)``.
 * Consecutive blocks of that order form a window of about ``shuffle_buffer_tokens`` rows. A
   window's rows are read, filtered (non-finite rows dropped and counted), and permuted with a
@@ -14,10 +20,13 @@ Shuffle scheme (a windowed shuffle, chosen because it can resume exactly from a 
 Because every permutation is a pure function of the seeds and the position, the cursor
 (:meth:`ActivationStream.state_dict`) is just (epoch, window, offset, batches) plus counters: no
 buffer contents and no RNG state need saving, and a restored stream yields exactly the batches the
-original would have.
+original would have. The cursor's identity names only what defines the order (shape, block and
+window lengths, seed, batch settings), not the chunking, so a cursor also resumes on a rechunked
+copy of the array.
 
-Bad input: a non-2-D array, a non-float dtype or a width different from the expected d_model is
-an error naming the path; rows containing NaN or +-inf are skipped and counted
+Bad input: a non-2-D array, a non-float dtype, a width different from the expected d_model or a
+``rows_per_seq`` attribute that does not divide the rows into whole sequences is an error naming
+the path; rows containing NaN or +-inf are skipped and counted
 (``nonfinite_rows``); an epoch with no finite row at all is an error. Zero-variance batches are the
 trainer's business (it skips and counts them).
 """
@@ -35,7 +44,8 @@ import torch
 
 from randsae import zarr_io
 
-STREAM_STATE_VERSION = 1
+# 2: blocks are whole sequences (shuffle_block_sequences), no longer the storage chunks.
+STREAM_STATE_VERSION = 2
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 
 WindowKey = tuple[int, int]  # (epoch, window)
@@ -50,6 +60,8 @@ class ActivationStream:
 
     ``max_tokens=None`` means one pass (the last partial batch is dropped); otherwise the stream
     yields ``max_tokens // batch_size`` batches, starting a freshly shuffled pass whenever one ends.
+    ``shuffle_block_sequences`` is the block length in sequences (see the module docstring); it is
+    required, with no default, because it defines the data order.
     """
 
     def __init__(
@@ -58,6 +70,7 @@ class ActivationStream:
         *,
         batch_size: int,
         shuffle_buffer_tokens: int,
+        shuffle_block_sequences: int,
         data_seed: int,
         max_tokens: int | None = None,
         expected_d_model: int | None = None,
@@ -69,8 +82,14 @@ class ActivationStream:
         self.logical_dtype = zarr_io.logical_dtype(self.arr)
         self.batch_size = batch_size
         self.data_seed = data_seed
-        shards = getattr(self.arr, "shards", None)
-        self.block_rows = int(shards[0] if shards else self.arr.chunks[0])
+        if not _is_positive_int(shuffle_block_sequences):
+            raise ValueError(
+                f"shuffle_block_sequences must be an int >= 1, got {shuffle_block_sequences!r}"
+            )
+        self.rows_per_seq = _rows_per_seq(self.path, self.arr, self.n_tokens)
+        self.shuffle_block_sequences = shuffle_block_sequences
+        # Keyed parameters and the array's shape only: the storage chunking must not matter.
+        self.block_rows = shuffle_block_sequences * self.rows_per_seq
         self.n_blocks = math.ceil(self.n_tokens / self.block_rows)
         self.blocks_per_window = max(1, shuffle_buffer_tokens // self.block_rows)
         self.n_windows = math.ceil(self.n_blocks / self.blocks_per_window)
@@ -173,6 +192,7 @@ class ActivationStream:
         return {
             "n_tokens": self.n_tokens,
             "d_model": self.d_model,
+            "rows_per_seq": self.rows_per_seq,
             "block_rows": self.block_rows,
             "blocks_per_window": self.blocks_per_window,
             "data_seed": self.data_seed,
@@ -261,6 +281,10 @@ class ActivationStream:
         epoch, window = key
         order = self._block_order(epoch)
         blocks = order[window * self.blocks_per_window : (window + 1) * self.blocks_per_window]
+        # Plain row slices: Zarr serves any alignment. I/O is most efficient when the chunk (or
+        # shard) length is a multiple of block_rows (each block then decodes only its own
+        # chunks); any other chunking only decodes some chunks more than once, which is slower
+        # but reads exactly the same rows.
         return [
             np.asarray(self.arr[int(b) * self.block_rows : min((int(b) + 1) * self.block_rows, self.n_tokens)])
             for b in blocks
@@ -279,6 +303,31 @@ class ActivationStream:
             rows = rows[finite]
         perm = np.random.default_rng([self.data_seed, 1, epoch, window]).permutation(rows.shape[0])
         return rows[torch.from_numpy(perm)], n_bad, n_read
+
+
+def _is_positive_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _rows_per_seq(path: str, arr: Any, n_tokens: int) -> int:
+    """Rows per sequence from the array's ``rows_per_seq`` attribute (written by the activations
+    stage); 1 when the attribute is absent, i.e. every row is its own sequence."""
+    raw = arr.attrs.get("rows_per_seq")
+    if raw is None:
+        return 1
+    if not _is_positive_int(raw):
+        raise ActivationDataError(f"{path}: attribute rows_per_seq = {raw!r}, expected an int >= 1")
+    if n_tokens % raw:
+        raise ActivationDataError(
+            f"{path}: {n_tokens} rows are not whole sequences of rows_per_seq = {raw} rows"
+        )
+    n_seq = arr.attrs.get("n_seq")
+    if n_seq is not None and n_seq * raw != n_tokens:
+        raise ActivationDataError(
+            f"{path}: attributes n_seq = {n_seq} and rows_per_seq = {raw} give {n_seq * raw} rows, "
+            f"the array has {n_tokens}"
+        )
+    return raw
 
 
 def _open_checked(path: str, expected_d_model: int | None):

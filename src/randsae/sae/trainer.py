@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from randsae.kernels import sparse_decode
 from randsae.sae import checkpoint as ckpt
-from randsae.sae import ops
 from randsae.sae.config import SaeConfig
 from randsae.sae.data import ActivationStream
 from randsae.sae.model import COMPUTE_DTYPES, TopKSAE
@@ -149,6 +149,7 @@ def train_saes(
         acts_path,
         batch_size=cfg0.batch_size,
         shuffle_buffer_tokens=cfg0.shuffle_buffer_tokens,
+        shuffle_block_sequences=cfg0.shuffle_block_sequences,
         data_seed=cfg0.data_seed,
         max_tokens=cfg0.max_tokens,
         expected_d_model=expected_d_model,
@@ -393,7 +394,7 @@ def auxk_loss(
 ) -> torch.Tensor:
     """AuxK: how well the top-k_aux dead latents reconstruct the main reconstruction's error
     (detached), normalised by that error's total variance (an FVU of the residual)."""
-    aux_hat = ops.decode(aux_values, aux_indices, model.W_dec)
+    aux_hat = sparse_decode(aux_values, aux_indices, model.W_dec)
     denom = total_variance(residual).clamp_min(torch.finfo(torch.float32).tiny)
     return (aux_hat - residual).pow(2).sum() / denom
 
