@@ -27,17 +27,16 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from randsae import zarr_io
-from randsae.activations import run_to_layers
 from randsae.corpus import CorpusStats, iter_documents
+from randsae.forward import run_to_layers
 from randsae.models.artifact import build_model, load_model_artifact, save_model_artifact
 from randsae.packing import pack
-from randsae.plan import STAGE_VERSIONS
-from randsae.stages.activations import build_group
+from randsae.stages import build_group, stage_def
 from randsae.store import Store
 
 
 def model_artifact(store: Store, model_dir: Path | None) -> str:
-    spec = {"stage": "model", "version": STAGE_VERSIONS["model"], "key": "0" * 20, "name": "model/bench/trained", "params": {}, "inputs": {}}
+    spec = {"stage": "model", "version": stage_def("model").version, "key": "0" * 20, "name": "model/bench/trained", "params": {}, "inputs": {}}
     with store.publish(spec) as b:
         if model_dir is not None:
             shutil.copytree(model_dir, b.workdir, dirs_exist_ok=True)
@@ -50,7 +49,7 @@ def model_artifact(store: Store, model_dir: Path | None) -> str:
 def tokens_artifact(store: Store, n_tokens: int, ctx_len: int, tokenizer) -> str:
     """Packed sequences of real English text (the packaged KJV corpus): compression ratios of
     activations on random token ids say nothing about real ones."""
-    spec = {"stage": "tokens", "version": STAGE_VERSIONS["tokens"], "key": "1" * 20, "name": "tokens/bench", "params": {}, "inputs": {}}
+    spec = {"stage": "tokens", "version": stage_def("tokens").version, "key": "1" * 20, "name": "tokens/bench", "params": {}, "inputs": {}}
     docs = iter_documents({"kind": "packaged", "name": "kjv"}, shuffle_seed=0, shuffle_buffer=None,
                           max_doc_chars=100_000, stats=CorpusStats())
     ids = pack((tokenizer(d)["input_ids"] for d in docs), n_tokens // ctx_len, ctx_len, tokenizer.eos_token_id).tokens
@@ -105,14 +104,14 @@ def main() -> None:
                 run_to_layers(loaded.model, ids[b0 : b0 + args.batch_size], args.layers)
             bare.append(time.perf_counter() - t)
             specs = [
-                {"stage": "activations", "version": STAGE_VERSIONS["activations"], "key": f"{rep}{layer:019d}",
+                {"stage": "activations", "version": stage_def("activations").version, "key": f"{rep}{layer:019d}",
                  "name": f"activations/bench/L{layer}",
                  "params": {"layer": layer, "dtype": "bfloat16", "model_dtype": args.dtype, "drop_first_position": True},
                  "inputs": {"model": model_ref, "tokens": tokens_ref}}
                 for layer in args.layers
             ]
             t = time.perf_counter()
-            build_group(specs, store, batch_size=args.batch_size, chunk_tokens=16384)
+            build_group(specs, store, {"batch_size": args.batch_size, "chunk_tokens": 16384, "device": "cpu"})  # as the bare forward
             caching_total.append(time.perf_counter() - t)
             meta = store.meta("activations", specs[0]["key"])["info"]
             caching.append(meta["seconds"])  # the stage's own clock: forward + writes, after the model load

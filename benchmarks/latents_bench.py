@@ -3,7 +3,7 @@ token counts (it must stay flat: the cache is written in bounded chunks and the 
 bounded buckets).
 
 Baseline = ``run_to_layers`` to the SAE's layer + ``TopKSAE.encode`` on the same batches, results
-discarded (no I/O). Model and SAE loading is excluded from both. Stage = :func:`randsae.stages.latents.build_latent_cache`: the same work plus
+discarded (no I/O). Model and SAE loading is excluded from both. Stage = :func:`randsae.latents.build_latent_cache`: the same work plus
 fp16 conversion, Zarr writes, the statistics pass and the latent-major index. Each measurement
 runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own.
 
@@ -70,7 +70,7 @@ def maxrss_mib() -> float:
 
 def worker_baseline(root: Path, tokens_dir: Path, batch: int) -> dict:
     from randsae import zarr_io
-    from randsae.activations import run_to_layers
+    from randsae.forward import run_to_layers
     from randsae.latents import resolve_hookpoint
     from randsae.models.artifact import load_model_artifact
     from randsae.sae import TopKSAE
@@ -91,14 +91,13 @@ def worker_baseline(root: Path, tokens_dir: Path, batch: int) -> dict:
 def worker_stage(root: Path, tokens_dir: Path, batch: int, chunk: int) -> dict:
     import randsae.models.artifact  # noqa: F401  (the stage imports it lazily: keep imports out of the timing)
     import randsae.sae  # noqa: F401
-    from randsae.latents import resolve_hookpoint
-    from randsae.stages.latents import CacheSettings, build_latent_cache
+    from randsae.latents import CacheSettings, build_latent_cache, resolve_hookpoint
 
     hook = resolve_hookpoint(root / "sae", root)
     with tempfile.TemporaryDirectory(dir=root) as work:
         t0 = time.perf_counter()
         info = build_latent_cache(Path(work), root / "model", root / "sae", tokens_dir, hook, "float32",
-                                  CacheSettings(batch_size=batch, chunk_tokens=chunk), desc="bench")
+                                  CacheSettings(batch_size=batch, chunk_tokens=chunk, device="cpu"), desc="bench")
         seconds = time.perf_counter() - t0
     load = info["seconds_load"]
     return {"seconds": seconds - load, "n_tokens": info["n_rows"], "seconds_encode": info["seconds_encode"] - load,
@@ -108,7 +107,7 @@ def worker_stage(root: Path, tokens_dir: Path, batch: int, chunk: int) -> dict:
 def run_worker(args: argparse.Namespace, mode: str, n_tokens: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--root", str(args.root), "--n", str(n_tokens),
            "--batch", str(args.batch), "--chunk", str(args.chunk), "--threads", str(args.threads)]
-    env = {**os.environ, "TQDM_DISABLE": "1", "RANDSAE_DEVICE": "cpu"}
+    env = {**os.environ, "TQDM_DISABLE": "1"}  # both workers run on the CPU
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 

@@ -62,6 +62,11 @@ def main() -> None:
     ap.add_argument(
         "--no-single-zero", action="store_true", help="run the zero branch for every sequence"
     )
+    ap.add_argument(
+        "--skip-first-position", action="store_true",
+        help="as the stage with drop_first_position (its default): position 0 clean in both branches, "
+        "so the zero branch runs for every sequence",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,7 +88,7 @@ def main() -> None:
     def full() -> None:
         evaluate_batch(
             model, sae, ids, args.layer, sae.n_latents, DownstreamStats(), ReconstructionStats(),
-            single_zero_sequence=not args.no_single_zero,
+            single_zero_sequence=not args.no_single_zero, skip_first_position=args.skip_first_position,
         )  # fmt: skip
 
     bare(), full()  # warm up
@@ -103,6 +108,7 @@ def main() -> None:
         f"llama layers={args.layers} hidden={args.hidden} ffn={args.intermediate} vocab={args.vocab} "
         f"layer={args.layer}; SAE {args.expansion}x k={args.k}; {args.batch}x{args.ctx} = {n_tok} tokens; "
         f"threads={torch.get_num_threads()} single_zero_sequence={not args.no_single_zero} "
+        f"skip_first_position={args.skip_first_position} "
         f"repeats={args.repeats}"
     )
     for clock in ("wall", "cpu"):

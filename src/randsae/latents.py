@@ -19,6 +19,11 @@ activations: they are excluded from the statistics and the index. It is 1 when t
 trained without position 0 (the activations stage's default), because position 0 of a packed
 sequence has no context and an attention-sink residual the SAE never saw.
 
+Building a cache (:func:`build_latent_cache`, the latents stage's compute): phase 1 runs the
+model to the SAE's layer over the interp split (:func:`randsae.forward.hidden_batches`) and
+writes indices/values in resumable chunks of whole sequences; phase 2 computes the statistics
+and phase 3 the index from the finished cache.
+
 Why a separate latent-major index: examples, quantiles and abstractness need all activations of
 one latent; finding them in the token-major cache means scanning it. The index is a counting
 sort of the cache's (row, slot) entries by latent: offsets come from the firing counts, and the
@@ -29,8 +34,10 @@ memory, so memory stays bounded by the sort budget however large the cache is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +48,9 @@ import torch
 import zarr
 
 from randsae import zarr_io
+from randsae.errors import RandsaeError
+
+log = logging.getLogger("randsae")
 
 INDICES = "indices.zarr"
 VALUES = "values.zarr"
@@ -59,7 +69,7 @@ DEFAULT_SORT_BUDGET = 1 << 24
 SPILL_DTYPE = np.dtype([("latent", "<i4"), ("row", "<i4"), ("value", "<f2")])
 
 
-class HookpointError(ValueError):
+class HookpointError(RandsaeError, ValueError):
     """The SAE artifact does not say which layer it was trained on."""
 
 
@@ -203,10 +213,16 @@ class LatentStats:
         return cls(*(np.load(cache_dir / f"{name}.npy") for name in STAT_FILES))
 
 
+#: Rows per block of the statistics pass. Fixed, not the cache's chunk length: the fp64 sums
+#: are added block by block, so the grouping must not follow an execution setting
+#: (execution.latents.chunk_tokens) or sumsq_activation would change in the last bits.
+STATS_BLOCK_ROWS = 1 << 16
+
+
 def compute_stats(cache_dir: Path, n_latents: int, ctx_len: int, first_eligible: int) -> LatentStats:
     """One pass over the cache."""
     stats = LatentStats.zeros(n_latents)
-    for r0, idx, vals in iter_cache_blocks(cache_dir):
+    for r0, idx, vals in iter_cache_blocks(cache_dir, STATS_BLOCK_ROWS):
         lat, _, v = eligible_entries(idx, vals, r0, ctx_len, first_eligible)
         stats.add(lat, v)
     return stats
@@ -290,6 +306,122 @@ def finish_cache(cache_dir: Path, n_latents: int, ctx_len: int, first_eligible: 
     stats = compute_stats(cache_dir, n_latents, ctx_len, first_eligible)
     stats.save(cache_dir)
     return stats, build_index(cache_dir, stats.fire_counts, ctx_len, first_eligible, budget)
+
+
+# --------------------------------------------------------------------------- building a cache
+
+PROGRESS = "progress.json"
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How to compute, not what: none of these change the artifact's bytes (docs/store.md)."""
+
+    batch_size: int = 8
+    chunk_tokens: int = 65536
+    sort_budget: int = DEFAULT_SORT_BUDGET
+    device: str = "auto"
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> CacheSettings:
+        return cls(**{k: settings[k] for k in ("batch_size", "chunk_tokens", "sort_budget", "device") if k in settings})
+
+
+def build_latent_cache(
+    workdir: Path, model_dir: Path, sae_dir: Path, tokens_dir: Path, hook: Hookpoint,
+    model_dtype: str, settings: CacheSettings, desc: str = "latents",
+) -> dict[str, Any]:
+    """All three phases into ``workdir`` (encode, statistics, index); returns the facts for
+    meta.json."""
+    t0 = time.perf_counter()
+    enc = encode_tokens(workdir, model_dir, sae_dir, tokens_dir, hook, model_dtype, settings, desc)
+    t1 = time.perf_counter()
+    stats, n_entries = finish_cache(workdir, enc["n_latents"], enc["ctx_len"], hook.first_eligible_position, settings.sort_budget)
+    (workdir / PROGRESS).unlink(missing_ok=True)
+    t2 = time.perf_counter()
+    fired = int((stats.fire_counts > 0).sum())
+    if enc["values_clamped"]:
+        log.warning("%s: %d activations exceeded the fp16 maximum and were clamped to %g",
+                    desc, enc["values_clamped"], FP16_MAX)
+    arrays = [zarr_io.open_array(workdir / name) for name in (INDICES, VALUES)]
+    return {
+        **enc,
+        "layer": hook.layer,
+        "layer_source": hook.source,
+        "first_eligible_position": hook.first_eligible_position,
+        "acts_dtype": hook.acts_dtype,
+        "n_entries": n_entries,
+        "latents_fired": fired,
+        "latents_never_fired": enc["n_latents"] - fired,
+        "seconds_encode": round(t1 - t0, 2),
+        "seconds_index": round(t2 - t1, 2),
+        "stored_bytes": sum(a.nbytes_stored() for a in arrays),
+    }
+
+
+def _resume_point(workdir: Path, layout: dict[str, int]) -> tuple[int, int]:
+    """(chunks done, fp16 clamps so far) of an earlier attempt with the same layout, else (0, 0)."""
+    p = workdir / PROGRESS
+    if not p.is_file() or not (workdir / INDICES).exists():
+        return 0, 0
+    progress = json.loads(p.read_text())
+    if progress.get("layout") != layout:
+        log.info("earlier attempt used %s, now %s: starting over", progress.get("layout"), layout)
+        return 0, 0
+    return int(progress["chunks_done"]), int(progress["values_clamped"])
+
+
+def _mark_done(workdir: Path, chunks_done: int, layout: dict[str, int], clamped: int) -> None:
+    tmp = workdir / (PROGRESS + ".tmp")
+    tmp.write_text(json.dumps({"chunks_done": chunks_done, "layout": layout, "values_clamped": clamped}))
+    os.replace(tmp, workdir / PROGRESS)
+
+
+def encode_tokens(
+    workdir: Path, model_dir: Path, sae_dir: Path, tokens_dir: Path, hook: Hookpoint,
+    model_dtype: str, settings: CacheSettings, desc: str,
+) -> dict[str, Any]:
+    """Phase 1: forward to the SAE's layer, encode, write indices/values chunk by chunk (whole
+    sequences, resumable after the last complete chunk)."""
+    from randsae import forward
+    from randsae.devices import resolve_device
+    from randsae.models.artifact import load_model_artifact
+    from randsae.sae import TopKSAE
+
+    t0 = time.perf_counter()
+    dev = resolve_device(settings.device)
+    loaded = load_model_artifact(model_dir, dtype=zarr_io.torch_dtype(model_dtype), device=dev)
+    sae = TopKSAE.load(sae_dir, device=dev)
+    seconds_load = time.perf_counter() - t0
+    if sae.d_model != loaded.model.config.hidden_size:
+        raise ValueError(f"{sae_dir}: SAE width {sae.d_model} != model width {loaded.model.config.hidden_size}")
+    tokens = forward.open_tokens(tokens_dir)
+    n_seq, ctx_len = tokens.shape
+    if n_seq * ctx_len >= 2**31:
+        raise ValueError(f"{n_seq * ctx_len} tokens: the cache's int32 row ids allow fewer than 2**31")
+    seqs_per_chunk = max(1, settings.chunk_tokens // ctx_len)
+    layout = {"seqs_per_chunk": seqs_per_chunk}
+    start, clamped = _resume_point(workdir, layout)
+    attrs = {"ctx_len": ctx_len, "n_seq": n_seq, "n_latents": sae.n_latents, "layer": hook.layer,
+             "first_eligible_position": hook.first_eligible_position, "hookpoint": "block_output"}
+    if start:
+        idx_arr, val_arr = (zarr_io.open_array(workdir / n, mode="r+") for n in (INDICES, VALUES))
+        log.info("resuming at chunk %d", start)
+    else:
+        idx_arr, val_arr = create_cache_arrays(workdir, n_seq * ctx_len, sae.k, seqs_per_chunk * ctx_len, attrs)
+    n_chunks = -(-n_seq // seqs_per_chunk)
+    with forward.progress_bar(f"latents {desc}", n_seq * ctx_len, start * seqs_per_chunk * ctx_len) as bar:
+        for c in range(start, n_chunks):
+            s0, s1 = c * seqs_per_chunk, min(n_seq, (c + 1) * seqs_per_chunk)
+            parts = [encode_hidden(sae, b.hidden[hook.layer], hook.acts_dtype)
+                     for b in forward.hidden_batches(loaded, tokens, range(s0, s1), [hook.layer], settings.batch_size, dev, bar)]
+            idx_arr[s0 * ctx_len : s1 * ctx_len] = np.concatenate([p[0] for p in parts])
+            val_arr[s0 * ctx_len : s1 * ctx_len] = np.concatenate([p[1] for p in parts])
+            clamped += sum(p[2] for p in parts)
+            _mark_done(workdir, c + 1, layout, clamped)
+    return {"n_rows": n_seq * ctx_len, "n_seq": n_seq, "ctx_len": ctx_len, "k": sae.k,
+            "n_latents": sae.n_latents, "values_clamped": clamped, "device": str(dev),
+            "seconds_load": round(seconds_load, 2)}
 
 
 # --------------------------------------------------------------------------- reading

@@ -366,3 +366,73 @@ def test_reduction_chunking_paths_agree(monkeypatch, rows: int) -> None:
     assert got.nll_sae == pytest.approx(-lp_s.gather(-1, tgt).sum().item(), rel=1e-5)
     kl = (lp_c.exp() * (lp_c - lp_s)).sum().item()
     assert got.kl_sae == pytest.approx(kl, rel=1e-5)
+
+
+class RecordingStats(DownstreamStats):
+    """A real accumulator that also keeps the logits of the last batch it was given."""
+
+    def update(self, logits_clean, logits_sae, logits_zero, *args, **kwargs) -> None:  # type: ignore[override]
+        self.seen = (logits_clean, logits_sae, logits_zero)
+        super().update(logits_clean, logits_sae, logits_zero, *args, **kwargs)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_skip_first_position_treats_position_0_alike_in_both_branches(
+    tiny_model, tiny_sae, token_ids, layer
+) -> None:
+    """With skip_first_position the SAE and the zero branch both keep position 0's clean
+    hidden state and its prediction is not counted: the zero branch's position-0 logits are
+    the clean ones, and CE/KL equal hooked full forwards that replace positions 1.. only."""
+    _, model = tiny_model
+    ds, rs = RecordingStats(), ReconstructionStats()
+    evaluate_batch(model, tiny_sae, token_ids, layer, tiny_sae.n_latents, ds, rs, skip_first_position=True,
+                   zero_cache={})
+    clean, logits_sae, logits_zero = ds.seen
+    b, t = token_ids.shape
+    logits_zero = logits_zero.expand_as(clean)
+    torch.testing.assert_close(logits_zero[:, 0], clean[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits_sae[:, 0], clean[:, 0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(logits_zero[:, 1:], clean[:, 1:], atol=1e-2)  # still an ablation
+
+    def keep_first(fill):
+        return lambda h: torch.cat((h[:, :1], fill(h[:, 1:])), dim=1)
+
+    def sae_fill(h):
+        v, i = tiny_sae.encode(h.reshape(-1, h.shape[-1]))
+        return tiny_sae.decode(v, i).reshape(h.shape)
+
+    ref_clean = hooked_logits(model, token_ids, layer)
+    ref_sae = hooked_logits(model, token_ids, layer, keep_first(sae_fill))
+    ref_zero = hooked_logits(model, token_ids, layer, keep_first(torch.zeros_like))
+    tgt = token_ids[:, 2:].reshape(-1)  # predictions from positions 1..T-2
+
+    def ce(logits):
+        return F.cross_entropy(logits[:, 1:-1].reshape(-1, logits.shape[-1]).double(), tgt).item()
+
+    def kl(logits):
+        lp_c = torch.log_softmax(ref_clean[:, 1:-1].double(), -1)
+        lp_b = torch.log_softmax(logits[:, 1:-1].double(), -1)
+        return (lp_c.exp() * (lp_c - lp_b)).sum(-1).mean().item()
+
+    r = ds.result("trained")
+    assert r.ce_n_tokens == b * (t - 2)
+    assert r.ce_clean == pytest.approx(ce(ref_clean), rel=1e-5)
+    assert r.ce_sae == pytest.approx(ce(ref_sae), rel=1e-5)
+    assert r.ce_zero == pytest.approx(ce(ref_zero), rel=1e-5)
+    assert r.kl_sae == pytest.approx(kl(ref_sae), rel=1e-4, abs=1e-6)
+    assert r.kl_zero == pytest.approx(kl(ref_zero), rel=1e-4, abs=1e-6)
+    # Zeroing position 0 as well (the old zero branch) gives a different CE_zero.
+    all_zero = hooked_logits(model, token_ids, layer, torch.zeros_like)
+    assert abs(ce(all_zero) - r.ce_zero) > 1e-3
+    assert rs.result().n_tokens == b * (t - 1)  # reconstruction stats: position 0 left out too
+    assert ds.seen[2].shape[0] == b  # zero branch per sequence: its input differs at position 0
+
+
+def test_without_skip_both_branches_replace_position_0(tiny_model, tiny_sae, token_ids) -> None:
+    _, model = tiny_model
+    ds = RecordingStats()
+    evaluate_batch(model, tiny_sae, token_ids, 1, tiny_sae.n_latents, ds)
+    clean, logits_sae, logits_zero = ds.seen
+    assert logits_zero.shape[0] == 1  # the shared single sequence
+    assert not torch.allclose(logits_zero[0, 0], clean[0, 0], atol=1e-2)
+    assert not torch.allclose(logits_sae[:, 0], clean[:, 0], atol=1e-3)

@@ -8,11 +8,10 @@ import pytest
 import torch
 from _helpers import tiny_config
 
-from randsae import zarr_io
+from randsae import activation_cache, stages, zarr_io
 from randsae.config import normalise
 from randsae.models.arch import get_blocks
 from randsae.plan import build_plan
-from randsae.stages import activations as act_stage
 from randsae.stages import build
 from randsae.store import Store
 
@@ -41,7 +40,7 @@ def built(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("acts")
     plan, store = prepared(tmp, tiny_model_dir)
     for variant in ("trained", "control"):
-        act_stage.build_group(acts_specs(plan, variant), store, batch_size=4, chunk_tokens=500)
+        stages.build_group(acts_specs(plan, variant), store, {"batch_size": 4, "chunk_tokens": 500})
     return plan, store
 
 
@@ -79,7 +78,7 @@ def test_control_activations_differ_from_trained_but_reproduce(built, tmp_path, 
     assert not torch.equal(trained, control)
     # a rerun reproduces it, with another batch size too (batch size is not in the key)
     plan2, store2 = prepared(tmp_path, tiny_model_dir)
-    act_stage.build_group(acts_specs(plan2, "control"), store2, batch_size=3, chunk_tokens=500)
+    stages.build_group(acts_specs(plan2, "control"), store2, {"batch_size": 3, "chunk_tokens": 500})
     assert torch.equal(read(store2, acts_specs(plan2, "control")[0]), control)
 
 
@@ -98,10 +97,10 @@ def test_killed_build_resumes_to_identical_arrays(built, tmp_path, tiny_model_di
 
     monkeypatch.setattr(zarr_io, "write_rows", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        act_stage.build_group(specs, store2, batch_size=4, chunk_tokens=500)
+        stages.build_group(specs, store2, {"batch_size": 4, "chunk_tokens": 500})
     assert not any(store2.exists("activations", s["key"]) for s in specs)
     monkeypatch.setattr(zarr_io, "write_rows", real_write)
-    act_stage.build_group(specs, store2, batch_size=4, chunk_tokens=500)
+    stages.build_group(specs, store2, {"batch_size": 4, "chunk_tokens": 500})
     for s in specs:
         assert torch.equal(read(store2, s), read(store, s))
     assert store2.verify() == []
@@ -110,6 +109,6 @@ def test_killed_build_resumes_to_identical_arrays(built, tmp_path, tiny_model_di
 def test_group_skips_layers_already_built(built, monkeypatch):
     plan, store = built
     called = []
-    monkeypatch.setattr(act_stage, "_compute", lambda todo, *a: called.append(todo))
-    act_stage.build_group(acts_specs(plan, "trained"), store, batch_size=4, chunk_tokens=500)
+    monkeypatch.setattr(activation_cache, "write_activations", lambda targets, *a, **k: called.append(targets))
+    stages.build_group(acts_specs(plan, "trained"), store, {"batch_size": 4, "chunk_tokens": 500})
     assert called == []

@@ -14,10 +14,11 @@ import pytest
 import torch
 from _helpers import tiny_config
 
+from randsae import latents as lat_mod
 from randsae import stages, zarr_io
-from randsae.activations import run_to_layers
 from randsae.config import normalise
 from randsae.examples import EXAMPLES_FILE, TABLE_FILE, load_examples
+from randsae.forward import run_to_layers
 from randsae.latents import (
     INDEX_ROWS,
     INDEX_VALUES,
@@ -31,9 +32,7 @@ from randsae.latents import (
 )
 from randsae.plan import build_plan
 from randsae.sae import SaeConfig, TopKSAE
-from randsae.stages import activations as act_stage
 from randsae.stages import build
-from randsae.stages import latents as lat_stage
 from randsae.store import Store
 
 BATCH, CHUNK = 4, 320  # 10 sequences of 32 tokens per chunk: several chunks
@@ -48,19 +47,14 @@ def built(tmp_path_factory, tiny_model_dir):
     store = Store(tmp / "store")
     for a in plan.stage("model") + [plan.by_name["tokens/tiny/kjv/train"], plan.by_name["tokens/tiny/kjv/interp"]]:
         build(a.spec(), store)
-    act_stage.build_group([a.spec() for a in plan.stage("activations")], store, batch_size=4, chunk_tokens=2048)
+    stages.build_group([a.spec() for a in plan.stage("activations")], store, {"batch_size": 4, "chunk_tokens": 2048})
     sae_spec = plan.stage("sae")[0].spec()
     with store.publish(sae_spec) as b:  # stands in for the sae stage: random weights
         sae = TopKSAE.initialised(32, 64, 4, seed=3)
         sae.config = SaeConfig(expansion_factor=2, k=4)
         sae.save(b.workdir)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RANDSAE_LATENTS_BATCH_SIZE", str(BATCH))
-        mp.setenv("RANDSAE_LATENTS_CHUNK_TOKENS", str(CHUNK))
-        mp.setitem(stages.RUNNERS, "latents", "randsae.stages.latents")
-        mp.setitem(stages.RUNNERS, "examples", "randsae.stages.examples")
-        lat_path = build(plan.stage("latents")[0].spec(), store)
-        ex_path = build(plan.stage("examples")[0].spec(), store)
+    lat_path = build(plan.stage("latents")[0].spec(), store, {"batch_size": BATCH, "chunk_tokens": CHUNK})
+    ex_path = build(plan.stage("examples")[0].spec(), store)
     return plan, store, lat_path, ex_path
 
 
@@ -140,8 +134,8 @@ def test_killed_build_resumes_to_identical_arrays(built, tmp_path, monkeypatch):
     spec = plan.stage("latents")[0].spec()
     args = [store.root / spec["inputs"][r] for r in ("model", "sae", "tokens")]
     hook = resolve_hookpoint(args[1], store.root)
-    settings = lat_stage.CacheSettings(batch_size=BATCH, chunk_tokens=CHUNK)
-    real, calls = lat_stage.encode_hidden, {"n": 0}
+    settings = lat_mod.CacheSettings(batch_size=BATCH, chunk_tokens=CHUNK)
+    real, calls = lat_mod.encode_hidden, {"n": 0}
 
     def dying(*a, **k):
         calls["n"] += 1
@@ -149,15 +143,15 @@ def test_killed_build_resumes_to_identical_arrays(built, tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real(*a, **k)
 
-    monkeypatch.setattr(lat_stage, "encode_hidden", dying)
+    monkeypatch.setattr(lat_mod, "encode_hidden", dying)
     work = tmp_path / "work"
     work.mkdir()
     with pytest.raises(KeyboardInterrupt):
-        lat_stage.build_latent_cache(work, *args, hook, "float32", settings)
+        lat_mod.build_latent_cache(work, *args, hook, "float32", settings)
     assert json.loads((work / "progress.json").read_text())["chunks_done"] == 2
-    monkeypatch.setattr(lat_stage, "encode_hidden", real)
+    monkeypatch.setattr(lat_mod, "encode_hidden", real)
     calls["n"] = 0
-    lat_stage.build_latent_cache(work, *args, hook, "float32", settings)
+    lat_mod.build_latent_cache(work, *args, hook, "float32", settings)
     for name in (INDICES, VALUES, INDEX_ROWS, INDEX_VALUES):
         assert np.array_equal(zarr_io.open_array(work / name)[:], zarr_io.open_array(path / name)[:]), name
     assert np.array_equal(np.load(work / OFFSETS), np.load(path / OFFSETS))

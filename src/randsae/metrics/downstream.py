@@ -12,8 +12,12 @@ whose source or target position is padding (``attention_mask == 0``), and predic
 *target* is one of ``exclude_target_ids`` (e.g. a document separator, whose prediction says
 nothing about the SAE; default: none). KL uses exactly the same positions as CE.
 
-The hookpoint is replaced at *every* position, position 0 included, for both the SAE and the
-zero branch.
+Position 0: both replaced branches treat it alike. By default the hookpoint is replaced at
+every position, position 0 included, in the SAE and in the zero branch. With
+``skip_first_position`` (activations cached with ``drop_first_position``: the SAE never saw
+position 0) position 0 keeps its clean hidden state in *both* branches, and the prediction made
+at position 0 is not counted, so the SAE and the zero ablation are compared on the same
+positions.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 from torch import nn
 
 from randsae.metrics.coder import SparseCoder
-from randsae.metrics.splice import clean_forward, spliced_logits
+from randsae.metrics.splice import Prefix, clean_forward, spliced_logits
 from randsae.metrics.stats import ReconstructionStats
 
 #: ce_score_unstable is set when CE_zero - CE_clean is below this many nats (the score's
@@ -149,13 +153,16 @@ class DownstreamStats:
             _reduce_by_chunk(*reduce_args, rows)
         nll = per_token[:3].neg()
         kl = per_token[3:4] - per_token[4:6]  # <p, lp_clean> - <p, lp_branch>
-        sums = torch.cat((nll, kl))[:, mask].double().sum(dim=-1).tolist()
+        # Per-sequence sums (each a row reduction, the same whatever the batch), then added in
+        # sequence order: the totals do not depend on the batch size, an execution setting.
+        per_seq = torch.cat((nll, kl)).double().masked_fill(~mask, 0.0).sum(dim=-1).T.tolist()
         self.n_tokens += int(mask.sum())
-        self.nll_clean += sums[0]
-        self.nll_sae += sums[1]
-        self.nll_zero += sums[2]
-        self.kl_sae += sums[3]
-        self.kl_zero += sums[4]
+        for sums in per_seq:
+            self.nll_clean += sums[0]
+            self.nll_sae += sums[1]
+            self.nll_zero += sums[2]
+            self.kl_sae += sums[3]
+            self.kl_zero += sums[4]
 
     def merge(self, other: DownstreamStats) -> DownstreamStats:
         """Fold another accumulator into this one (in place; returns self)."""
@@ -315,6 +322,27 @@ def prediction_mask(
     return mask
 
 
+def _zero_logits(
+    model: nn.Module,
+    prefix: Prefix,
+    attention_mask: torch.Tensor | None,
+    single_zero_sequence: bool,
+    zero_cache: dict[tuple[int, ...], torch.Tensor] | None,
+) -> torch.Tensor:
+    """The all-zeros branch: ``[1, T, V]`` (shared by every sequence, cached per length) when
+    it may be, else ``[B, T, V]``. See :func:`evaluate_batch`."""
+    b, t, d = prefix.hidden.shape
+    no_padding = attention_mask is None or bool(attention_mask.all())
+    zero_b = 1 if (single_zero_sequence and no_padding) else b
+    key = (t, d)
+    if zero_b == 1 and zero_cache is not None and key in zero_cache:
+        return zero_cache[key]
+    logits_zero = spliced_logits(model, prefix, prefix.hidden.new_zeros(zero_b, t, d))
+    if zero_b == 1 and zero_cache is not None:
+        zero_cache[key] = logits_zero
+    return logits_zero
+
+
 @torch.no_grad()
 def evaluate_batch(
     model: nn.Module,
@@ -333,21 +361,24 @@ def evaluate_batch(
 ) -> None:
     """All SAE metrics for one batch of token sequences ``input_ids [B, T]``.
 
+    Runs the prefix once, encodes/decodes block ``layer``'s output with ``sae`` (cast to
+    ``sae_dtype`` if given), feeds ``recon`` (every non-padding position, except position 0
+    with ``skip_first_position``) and ``downstream`` (the counted predictions, see the module
+    doc).
+
     ``skip_first_position`` matches activations cached with ``drop_first_position``: the
     SAE never saw position 0, so position 0 is left out of the reconstruction statistics,
-    keeps its clean hidden state in the SAE branch, and the prediction made at position 0
-    is not counted. The zero branch still zeroes every position (plain zero ablation).
+    keeps its clean hidden state in the SAE branch *and* in the zero branch (the two
+    ablations differ only where the SAE acts), and the prediction made at position 0 is not
+    counted. The zero branch's input then differs per sequence (its clean position 0), so it
+    runs for every sequence and ``single_zero_sequence`` and ``zero_cache`` do not apply.
 
-    Runs the prefix once, encodes/decodes block ``layer``'s output with ``sae`` (cast to
-    ``sae_dtype`` if given), feeds ``recon`` (all non-padding positions, position 0 included)
-    and ``downstream`` (the counted predictions, see the module doc).
-
-    ``single_zero_sequence``: the zero branch's input (all zeros) is the same for every
-    sequence, and so are its position ids, so its logits are the same for every sequence; it is
-    then computed for one sequence and broadcast. Exact for models whose layers after the
-    hookpoint see only the hidden state, positions and mask (GPT-NeoX, Llama, GPT-2 and other
-    standard decoders); only used when there is no padding. Set False to run it for every
-    sequence.
+    ``single_zero_sequence``: without ``skip_first_position`` the zero branch's input (all
+    zeros) is the same for every sequence, and so are its position ids, so its logits are the
+    same for every sequence; it is then computed for one sequence and broadcast. Exact for
+    models whose layers after the hookpoint see only the hidden state, positions and mask
+    (GPT-NeoX, Llama, GPT-2 and other standard decoders); only used when there is no padding.
+    Set False to run it for every sequence.
 
     ``zero_cache``: for the same reason the single zero sequence's logits are the same for
     every batch of the same length; pass one dict for all batches of one evaluation (same
@@ -366,25 +397,26 @@ def evaluate_batch(
         counted = counted.clone()
         counted[:, 0] = False
     if recon is not None:
-        keep = counted.reshape(-1)
-        if bool(keep.all()):
-            recon.update(x, x_hat, values, indices, n_latents)
-        else:
-            recon.update(x[keep], x_hat[keep], values[keep], indices[keep], n_latents)
+        # One update per sequence, so the fp64 sums are grouped the same way whatever the batch
+        # size (an execution setting): the row is then bitwise independent of batching.
+        for i in range(b):
+            rows = slice(i * t, (i + 1) * t)
+            keep = counted[i]
+            if bool(keep.all()):
+                recon.update(x[rows], x_hat[rows], values[rows], indices[rows], n_latents)
+            else:
+                recon.update(x[rows][keep], x_hat[rows][keep], values[rows][keep], indices[rows][keep], n_latents)
     spliced = x_hat.reshape(b, t, d).to(h.dtype)
     if skip_first_position:
         spliced = spliced.clone()
         spliced[:, 0] = h[:, 0]
     logits_sae = spliced_logits(model, prefix, spliced)
-    no_padding = attention_mask is None or bool(attention_mask.all())
-    zero_b = 1 if (single_zero_sequence and no_padding) else b
-    key = (t, d)
-    if zero_b == 1 and zero_cache is not None and key in zero_cache:
-        logits_zero = zero_cache[key]
+    if skip_first_position:  # position 0 as in the SAE branch: clean, per sequence
+        zeros = h.new_zeros(b, t, d)
+        zeros[:, 0] = h[:, 0]
+        logits_zero = spliced_logits(model, prefix, zeros)
     else:
-        logits_zero = spliced_logits(model, prefix, h.new_zeros(zero_b, t, d))
-        if zero_b == 1 and zero_cache is not None:
-            zero_cache[key] = logits_zero
+        logits_zero = _zero_logits(model, prefix, attention_mask, single_zero_sequence, zero_cache)
     count_mask = counted.long() if (skip_first_position or attention_mask is not None) else None
     downstream.update(
         prefix.logits, logits_sae, logits_zero, input_ids, count_mask, exclude_target_ids

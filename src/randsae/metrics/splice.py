@@ -23,7 +23,8 @@ computed once and cached. Hooks on later blocks, the final norm and the head fir
 
 Control variant: its fresh input noise comes from a hook on the input embedding. Because the
 embedding runs only in the prefix, all three branches continue from the same noisy hidden state
-(the noise is drawn once per batch, not once per branch) -- which is what "same tokens, three
+(the noise is drawn once per batch, not once per branch; its seeds, one per sequence, come from
+the caller's loop, :func:`randsae.forward.token_batches`) -- which is what "same tokens, three
 ways of filling the hookpoint" requires.
 """
 
