@@ -1,4 +1,4 @@
-"""Auto-interp examples from a latent cache (DESIGN §7; rules in docs/latents.md).
+"""Auto-interp examples from a latent cache (rules in docs/latents.md).
 
 Definitions, in the order they build on each other:
 
@@ -52,16 +52,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from randsae import abstractness, zarr_io
 from randsae.autointerp.types import NON_ACTIVATING, Example, LatentExamples, examples_from_json
+from randsae.examples_schema import TABLE_FILE, LatentRow
 from randsae.latents import LatentCache
+from randsae.rows import arrow_schema, table_from_columns, write_table
 
 log = logging.getLogger("randsae")
 
 EXAMPLES_FILE = "examples.json"
-TABLE_FILE = "latents.parquet"
 FORMAT = "randsae.examples"
 FORMAT_VERSION = 1
 SAMPLING = ("quantile", "top", "random")
@@ -71,7 +71,7 @@ SCAN_BUDGET = 1 << 22
 
 @dataclass(frozen=True)
 class ExampleParams:
-    """The examples artifact's parameters (plan.py ``ex_params``; defaults: DESIGN §7)."""
+    """The examples artifact's parameters (the examples stage's ``PARAM_KEYS``; defaults: config/schema.yaml)."""
 
     n_latents: int = 100
     min_activations: int = 200
@@ -402,20 +402,8 @@ def latent_examples(
 # --------------------------------------------------------------------------- the artifact
 
 
-TABLE_SCHEMA = pa.schema([
-    ("latent", pa.int32()),
-    ("n_fires", pa.int64()),
-    ("frequency", pa.float64()),
-    ("max_activation", pa.float32()),
-    ("n_windows", pa.int64()),
-    ("token_entropy", pa.float64()),
-    ("token_lookup_share", pa.float64()),
-    ("top_token_id", pa.int32()),
-    ("top_token_share", pa.float64()),
-    ("single_token", pa.bool_()),
-    ("eligible", pa.bool_()),
-    ("sampled", pa.bool_()),
-])
+#: The Arrow schema of latents.parquet (the row schema: :class:`randsae.examples_schema.LatentRow`).
+TABLE_SCHEMA = arrow_schema(LatentRow)
 
 
 def latent_table(cache: LatentCache, tokens: TokenSource, scan: CacheScan, eligible: np.ndarray,
@@ -443,7 +431,7 @@ def latent_table(cache: LatentCache, tokens: TokenSource, scan: CacheScan, eligi
         "eligible": eligible,
         "sampled": is_sampled,
     }
-    return pa.table({name: pa.array(cols[name], type=TABLE_SCHEMA.field(name).type) for name in TABLE_SCHEMA.names})
+    return table_from_columns(LatentRow, cols)
 
 
 def build_examples(
@@ -473,7 +461,7 @@ def build_examples(
             shortfalls += any(bundle.meta["shortfall"].values())
             f.write(("\n" if n == 0 else ",\n") + json.dumps(bundle.to_dict(), allow_nan=False))
         f.write("\n]\n")
-    pq.write_table(latent_table(cache, tokens, scan, eligible, sampled, entropy), out_dir / TABLE_FILE)
+    write_table(LatentRow, latent_table(cache, tokens, scan, eligible, sampled, entropy), out_dir / TABLE_FILE)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "n_latents_total": cache.n_latents, "n_eligible": int(eligible.sum()),

@@ -1,4 +1,7 @@
-"""A synthetic store for the results tests: real plan keys and meta.json, hand-made Parquet.
+"""A synthetic store for the results tests: real plan keys and meta.json, and Parquet files
+with planted effects written through the producing stages' own row schemas
+(:class:`randsae.examples_schema.LatentRow`, :mod:`randsae.autointerp.schema`,
+:class:`randsae.metrics.schema.SaeMetricsRow`), so they cannot drift from what the stages write.
 
 Planted effects (what the discriminability tests look for):
 
@@ -14,13 +17,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from _helpers import tiny_config
 
+from randsae.autointerp.schema import ExplanationRow, ScoreRow, UsageRow
 from randsae.config import Config, normalise
+from randsae.examples_schema import LatentRow
 from randsae.metrics.schema import SaeMetricsRow, write_row
 from randsae.plan import Artifact, build_plan
 from randsae.results.layout import SaeUnit, sae_units
+from randsae.rows import table_from_columns, table_from_rows, write_table
 from randsae.store import Store
 
 N_LATENTS = 64  # tiny model: d_model 32, expansion 2
@@ -35,7 +40,11 @@ def synth_config(tmp_path: Path, **over: Any) -> Config:
     return normalise(tiny_config(tmp_path / "model", tmp_path / "store", **{**base, **over}))
 
 
-def _publish(store: Store, a: Artifact, files: dict[str, pa.Table | bytes | SaeMetricsRow]) -> None:
+#: A file's content: raw bytes, one metrics row, or (row schema, typed table of such rows).
+Content = bytes | SaeMetricsRow | tuple[type, pa.Table]
+
+
+def _publish(store: Store, a: Artifact, files: dict[str, Content]) -> None:
     with store.publish(a.spec()) as b:
         if b.done:
             return
@@ -45,7 +54,7 @@ def _publish(store: Store, a: Artifact, files: dict[str, pa.Table | bytes | SaeM
             elif isinstance(content, SaeMetricsRow):
                 write_row(content, b.workdir / name)
             else:
-                pq.write_table(content, b.workdir / name)
+                write_table(*content, b.workdir / name)
 
 
 def _metrics_row(u: SaeUnit, rng: np.random.Generator) -> SaeMetricsRow:
@@ -72,15 +81,15 @@ def _latents(u: SaeUnit, rng: np.random.Generator) -> pa.Table:
     entropy = np.where(sampled, rng.normal(mean, 0.3, N_LATENTS), np.nan)
     lookup = np.where(n_fires > 0, rng.uniform(0, 1, N_LATENTS), np.nan)
     top_share = rng.uniform(0.2, 1.0, N_LATENTS)
-    return pa.table({
-        "latent": pa.array(np.arange(N_LATENTS), pa.int32()),
-        "n_fires": pa.array(n_fires, pa.int64()),
+    return table_from_columns(LatentRow, {
+        "latent": np.arange(N_LATENTS),
+        "n_fires": n_fires,
         "frequency": n_fires / 2048.0,
-        "max_activation": pa.array(np.where(n_fires > 0, rng.gamma(2.0, 2.0, N_LATENTS), 0.0), pa.float32()),
-        "n_windows": pa.array(n_fires // 2, pa.int64()),
+        "max_activation": np.where(n_fires > 0, rng.gamma(2.0, 2.0, N_LATENTS), 0.0),
+        "n_windows": n_fires // 2,
         "token_entropy": entropy,
         "token_lookup_share": lookup,
-        "top_token_id": pa.array(np.where(n_fires > 0, rng.integers(0, 400, N_LATENTS), -1), pa.int32()),
+        "top_token_id": np.where(n_fires > 0, rng.integers(0, 400, N_LATENTS), -1),
         "top_token_share": top_share,
         "single_token": top_share >= 0.9,
         "eligible": sampled,
@@ -90,37 +99,27 @@ def _latents(u: SaeUnit, rng: np.random.Generator) -> pa.Table:
 
 def _explanations(u: SaeUnit, latents: list[int]) -> tuple[pa.Table, pa.Table]:
     ok = [i != 0 or u.seed != 0 for i in range(len(latents))]  # seed 0 loses its first explanation
-    expl = pa.table({
-        "latent": pa.array(latents, pa.int32()),
-        "explanation": [f"the token 'x{lat}' in {u.variant} text" if k else "" for lat, k in zip(latents, ok, strict=True)],
-        "ok": ok,
-        "reason": [None if k else "parse: no Explanation line" for k in ok],
-        "explainer": ["llm"] * len(latents),
-        "client": ["local"] * len(latents),
-        "model": ["smollm2-135m"] * len(latents),
-        "input_tokens": [1200] * len(latents),
-        "output_tokens": [30] * len(latents),
-        "cache_read_tokens": [0] * len(latents),
-        "cost_usd": [0.0] * len(latents),
-    })
+    expl = table_from_rows(ExplanationRow, [
+        ExplanationRow(latent=lat, explanation=f"the token 'x{lat}' in {u.variant} text" if k else "", ok=k,
+                       reason="" if k else "parse: no Explanation line", explainer="llm", client="local",
+                       model="smollm2-135m", input_tokens=1200, output_tokens=30, cache_read_tokens=0, cost_usd=0.0)
+        for lat, k in zip(latents, ok, strict=True)
+    ])
     usage = _usage("explain", latents, cost=0.0)
     return expl, usage
 
 
 def _usage(stage: str, latents: list[int], cost: float) -> pa.Table:
-    n = len(latents)
-    return pa.table({
-        "stage": [stage] * n, "latent": pa.array(latents, pa.int32()), "client": ["anthropic"] * n,
-        "model": ["claude-sonnet-4-5"] * n, "input_tokens": [1500] * n, "output_tokens": [40] * n,
-        "cache_read_tokens": [1000] * n, "cache_write_tokens": [0] * n, "cost_usd": [cost] * n,
-        "cached": [i % 3 == 0 for i in range(n)],
-    })
+    return table_from_rows(UsageRow, [
+        UsageRow(stage=stage, latent=lat, client="anthropic", model="claude-sonnet-4-5", input_tokens=1500,
+                 output_tokens=40, cache_read_tokens=1000, cache_write_tokens=0, cost_usd=cost, cached=i % 3 == 0)
+        for i, lat in enumerate(latents)
+    ])
 
 
 def _scores(scorer: str, latents: list[int], rng: np.random.Generator) -> pa.Table:
-    rows: dict[str, list[Any]] = {c: [] for c in ("latent", "scorer", "explanation_source", "example_id", "activating",
-                                                 "quantile", "probability", "prediction", "ok")}
-    for lat in latents:
+    rows: list[ScoreRow] = []
+    for j, lat in enumerate(latents):
         for source in ("own", "control"):
             for ex in range(10):
                 act = ex < 6
@@ -129,17 +128,14 @@ def _scores(scorer: str, latents: list[int], rng: np.random.Generator) -> pa.Tab
                 else:
                     p = float(rng.uniform())
                 failed = ex == 9 and lat == latents[0]
-                rows["latent"].append(lat)
-                rows["scorer"].append(scorer)
-                rows["explanation_source"].append(source)
-                rows["example_id"].append(ex)
-                rows["activating"].append(act)
-                rows["quantile"].append(ex if act else -1)
-                rows["probability"].append(None if failed else p)
-                rows["prediction"].append(False if failed else p > 0.5)
-                rows["ok"].append(not failed)
-    return pa.table({**rows, "latent": pa.array(rows["latent"], pa.int32()), "quantile": pa.array(rows["quantile"], pa.int32()),
-                     "probability": pa.array(rows["probability"], pa.float64())})
+                rows.append(ScoreRow(
+                    latent=lat, scorer=scorer, explanation_source=source,
+                    explanation_latent=lat if source == "own" else latents[(j + 1) % len(latents)],
+                    example_id=ex, activating=act, quantile=ex if act else -1, probability=None if failed else p,
+                    prediction=False if failed else p > 0.5, ok=not failed,
+                    reason="api: timeout" if failed else "", client="local", model="smollm2-135m",
+                ))
+    return table_from_rows(ScoreRow, rows)
 
 
 def build_synthetic_store(cfg: Config, stages: tuple[str, ...] = ALL_STAGES, seed: int = 0) -> Store:
@@ -157,13 +153,14 @@ def build_synthetic_store(cfg: Config, stages: tuple[str, ...] = ALL_STAGES, see
             _publish(store, u.related["sae_metrics"], {"metrics.parquet": _metrics_row(u, rng)})
         lat = _latents(u, rng)
         if "examples" in stages:
-            _publish(store, u.related["examples"], {"latents.parquet": lat, "examples.json": b"[]"})
+            _publish(store, u.related["examples"], {"latents.parquet": (LatentRow, lat), "examples.json": b"[]"})
         sampled = [int(x) for x in np.flatnonzero(lat.column("sampled").to_numpy(zero_copy_only=False))][:N_EXPLAINED]
         if "explain" in stages:
             expl, usage = _explanations(u, sampled)
-            _publish(store, u.related["explain"], {"explanations.parquet": expl, "usage.parquet": usage})
+            _publish(store, u.related["explain"], {"explanations.parquet": (ExplanationRow, expl),
+                                                   "usage.parquet": (UsageRow, usage)})
         if "score" in stages:
             for scorer, a in u.scores.items():
-                _publish(store, a, {"scores.parquet": _scores(scorer, sampled, rng),
-                                    "usage.parquet": _usage(scorer, sampled * 4, cost=0.002)})
+                _publish(store, a, {"scores.parquet": (ScoreRow, _scores(scorer, sampled, rng)),
+                                    "usage.parquet": (UsageRow, _usage("score", sampled * 4, cost=0.002))})
     return store

@@ -198,3 +198,14 @@ def test_identifier_columns_in_a_file_do_not_override_the_plan(tmp_path):
     db = build_database(cfg, store, tmp_path / "r.duckdb", n_boot=10, n_perm=10)
     out = json.loads(query(db, f"SELECT model, variant, layer, sae_key FROM sae_metrics WHERE sae_key = '{u.sae.key}'", "json"))
     assert out == [{"model": "tiny", "variant": u.variant, "layer": u.layer, "sae_key": u.sae.key}]
+
+
+def test_variants_sort_in_display_order_in_sql(synth_db):
+    """The database's variant_order macro ranks variants as randsae.results.display does."""
+    from randsae.results.display import sort_variants
+
+    with duckdb.connect(str(synth_db), read_only=True) as con:
+        got = [r[0] for r in con.sql("SELECT DISTINCT variant FROM saes ORDER BY variant_order(variant), variant").fetchall()]
+        unknown = con.sql("SELECT variant_order('zeta') > variant_order('control') AS later").fetchall()[0][0]
+    assert got == sort_variants(got) == ["trained", "rerandomized", "control"]  # not alphabetical
+    assert unknown is True

@@ -39,3 +39,58 @@ def test_every_example_query_is_in_the_docs():
     text = DOC.read_text()
     for name, sql in EXAMPLE_QUERIES.items():
         assert f"### Query `{name}`" in text and sql.strip() in text, name
+
+
+# ------------------------------------------------------------------ column tables from the schemas
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _file_tables():
+    from randsae.autointerp.schema import ExplanationRow, ScoreRow, UsageRow
+    from randsae.examples_schema import LatentRow
+    from randsae.results.schemas import RENAMES
+
+    # db table -> (row schema, renames, columns the plan supplies instead of the file)
+    return {"latents": (LatentRow, {}, ()), "explanations": (ExplanationRow, RENAMES, ()),
+            "scores": (ScoreRow, RENAMES, ("scorer",)), "llm_usage": (UsageRow, RENAMES, ())}
+
+
+def _rows_of(table_md: str) -> list[str]:
+    return table_md.rstrip("\n").split("\n")[2:]  # without the header and the rule
+
+
+def test_database_column_tables_are_rendered_from_the_row_schemas():
+    """docs/results.md lists each file-backed table's columns exactly as the producing stage's
+    row schema declares them (DuckDB types, renamed as loaded), in order, after the identifiers."""
+    from randsae.rows import markdown_table
+
+    sections = _sections(DOC.read_text())
+    for name, (row, renames, skip) in _file_tables().items():
+        want = _rows_of(markdown_table(row, type_names="duckdb", renames=renames, skip=skip))
+        body = sections[name].split("\n")
+        start = next(i for i, line in enumerate(body) if line.startswith("| identifiers |")) + 1
+        assert body[start : start + len(want) + 1] == [*want, ""], f"docs/results.md `{name}` drifted from {row.__name__}"
+
+
+def test_file_column_tables_are_rendered_from_the_row_schemas():
+    """docs/autointerp.md and docs/latents.md show each Parquet file's columns as its schema has them."""
+    from randsae.autointerp.schema import ExplanationRow, ScoreRow, UsageRow
+    from randsae.examples_schema import LatentRow
+    from randsae.rows import markdown_table
+
+    autointerp = (REPO / "docs" / "autointerp.md").read_text()
+    for row in (ExplanationRow, ScoreRow, UsageRow):
+        assert markdown_table(row) in autointerp, f"docs/autointerp.md: {row.__name__} table drifted"
+    assert markdown_table(LatentRow) in (REPO / "docs" / "latents.md").read_text(), "docs/latents.md: LatentRow drifted"
+
+
+def test_database_tables_have_the_schema_columns_and_types(synth_db):
+    """The template the database loads into is the schema: every schema column, with its type."""
+    from randsae.rows import duckdb_columns
+
+    with duckdb.connect(str(synth_db), read_only=True) as con:
+        for name, (row, renames, skip) in _file_tables().items():
+            got = {c: t for c, t, *_ in con.sql(f"DESCRIBE {name}").fetchall()}
+            for col, typ in duckdb_columns(row, renames=renames, skip=skip).items():
+                assert got.get(col) == typ, f"{name}.{col}: {got.get(col)} in the database, {typ} in {row.__name__}"

@@ -1,4 +1,4 @@
-"""The five model variants of the paper (DESIGN §5), each seeded and reproducible.
+"""The five model variants of the paper (docs/variants.md), each seeded and reproducible.
 
 - ``trained``: the source's weights, untouched.
 - ``step0``: the initialisation checkpoint (a revision of the source) or, without one, the
@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from randsae.enums import VARIANTS  # defined once, torch-free (config loading reads it)
 from randsae.models.arch import get_input_embedding
 from randsae.models.sources import SourceSpec, load_config, load_model, with_revision
 
-VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_no_embed", "control")
 _CONTROL_ATTR = "_randsae_control"
 
 

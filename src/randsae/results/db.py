@@ -27,12 +27,15 @@ import pyarrow as pa
 
 import randsae
 from randsae.config import normalise
-from randsae.plan import IMPLEMENTED_STAGES, STAGES, Plan, build_plan, canonical_json
+from randsae.enums import TRAINED
+from randsae.plan import Plan, build_plan, canonical_json
 from randsae.results import schemas
 from randsae.results.auroc import auroc_tables
 from randsae.results.catalog import TABLES, VIEWS
 from randsae.results.discriminability import discriminability
+from randsae.results.display import variant_order_macro_sql
 from randsae.results.layout import ID_COLUMNS, ID_TYPES, FileRef, SaeUnit, file_refs, sae_units
+from randsae.stages import stage_defs
 from randsae.store import Store, code_version
 
 DB_NAME = "results.duckdb"
@@ -131,9 +134,9 @@ def _artifacts(con: duckdb.DuckDBPyConnection, store: Store, plan: Plan) -> int:
 
 def _progress(con: duckdb.DuckDBPyConnection, store: Store, plan: Plan) -> None:
     rows = []
-    for i, stage in enumerate(STAGES):
+    for i, (stage, decl) in enumerate(stage_defs().items()):
         arts = plan.stage(stage)
-        rows.append({"stage_order": i, "stage": stage, "implemented": stage in IMPLEMENTED_STAGES,
+        rows.append({"stage_order": i, "stage": stage, "version": decl.version,
                      "planned": len(arts), "built": sum(store.exists(stage, a.key) for a in arts)})
     _create_from_arrow(con, "progress", _table_of(rows))
 
@@ -200,7 +203,8 @@ def _file_tables(con: duckdb.DuckDBPyConnection, store: Store, units: list[SaeUn
     _load_files(con, "latents", file_refs(units, store, "examples", "latents.parquet"), _ARTIFACT_IDS, schemas.LATENTS)
     _load_files(con, "explanations", file_refs(units, store, "explain", "explanations.parquet"), _ARTIFACT_IDS,
                 schemas.EXPLANATIONS, schemas.RENAMES)
-    _load_files(con, "scores", file_refs(units, store, "score", "scores.parquet"), _SCORE_IDS, schemas.SCORES)
+    _load_files(con, "scores", file_refs(units, store, "score", "scores.parquet"), _SCORE_IDS, schemas.SCORES,
+                schemas.RENAMES)
     usage = [FileRef(r.path, {**r.ids, "artifact_stage": stage})
              for stage in ("explain", "score") for r in file_refs(units, store, stage, "usage.parquet")]
     _load_files(con, "llm_usage", usage, _USAGE_IDS, schemas.USAGE, schemas.RENAMES)
@@ -225,16 +229,17 @@ def _views(con: duckdb.DuckDBPyConnection) -> None:
     ]
     union = "\nUNION ALL ".join(parts)
     con.execute(f"CREATE VIEW sae_metric_values AS SELECT * FROM ({union}) WHERE value IS NOT NULL AND isfinite(value)")
-    con.execute("""
+    trained = _lit(TRAINED)
+    con.execute(f"""
         CREATE VIEW variant_vs_trained AS
         SELECT v.model, v.layer, v.expansion, v.k, v.seed, v.variant, v.metric,
                t.value AS trained_value, v.value AS variant_value, v.value - t.value AS difference,
                t.sae_key AS trained_sae_key, v.sae_key AS variant_sae_key
         FROM sae_metric_values AS v
         LEFT JOIN sae_metric_values AS t
-          ON t.variant = 'trained' AND t.model = v.model AND t.layer = v.layer AND t.expansion = v.expansion
+          ON t.variant = {trained} AND t.model = v.model AND t.layer = v.layer AND t.expansion = v.expansion
          AND t.k = v.k AND t.seed = v.seed AND t.metric = v.metric
-        WHERE v.variant <> 'trained'
+        WHERE v.variant <> {trained}
     """)
     latent = [
         ("token_entropy", "sampled"),
@@ -266,6 +271,7 @@ def populate(con: duckdb.DuckDBPyConnection, cfg: Mapping[str, Any], store: Stor
     plan = build_plan(dict(cfg))
     units = sae_units(plan)
     seed = int(cfg["seed"])
+    con.execute(variant_order_macro_sql())  # display order for ORDER BY (report, example queries)
     n_built = _artifacts(con, store, plan)
     _runs(con, cfg, store, plan, n_built, {"n_boot": n_boot, "n_perm": n_perm, "alpha": alpha})
     _progress(con, store, plan)

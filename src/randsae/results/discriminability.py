@@ -34,6 +34,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from randsae.enums import TRAINED
+from randsae.results.display import variant_sort_key
 from randsae.results.stats import (
     cohens_d,
     finite,
@@ -46,9 +48,6 @@ from randsae.results.stats import (
     two_sample_bootstrap,
 )
 
-TRAINED = "trained"
-#: Random variants in the order tables and figures show them; unknown names follow, sorted.
-VARIANT_ORDER: tuple[str, ...] = ("step0", "rerandomized", "rerandomized_no_embed", "control")
 SAE_LEVEL, LATENT_LEVEL = "sae", "latent"
 
 
@@ -106,10 +105,6 @@ def compare(trained: np.ndarray, variant: np.ndarray, *, level: str, rng: np.ran
     boot_note = "" if f >= 1 else f"; bootstrap on a {f:.3g} subsample, rescaled"
     return Comparison(**common, difference_lo=lo, difference_hi=hi, p_value=p, auroc_lo=alo, auroc_hi=ahi,
                       separated=separated, note=f"n = {unit}; {method} permutation test{boot_note}")
-
-
-def variant_sort_key(variant: str) -> tuple[int, str]:
-    return (VARIANT_ORDER.index(variant), "") if variant in VARIANT_ORDER else (len(VARIANT_ORDER), variant)
 
 
 SCHEMA = pa.schema(

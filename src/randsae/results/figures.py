@@ -27,16 +27,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from randsae.results.discriminability import TRAINED, variant_sort_key
+from randsae.results.display import sort_variants, variant_color
 
 DPI = 110
-COLORS: dict[str, str] = {
-    "trained": "#000000",
-    "step0": "#1f77b4",
-    "rerandomized": "#d62728",
-    "rerandomized_no_embed": "#ff7f0e",
-    "control": "#2ca02c",
-}
 
 #: Figure 2 rows: (metric in sae_metric_values, axis label).
 METRIC_ROWS: tuple[tuple[str, str], ...] = (
@@ -57,15 +50,6 @@ HEATMAP_SAE_METRICS: tuple[str, ...] = (
 )
 
 Setting = tuple[int, int]
-
-
-def _color(variant: str) -> str | None:
-    return COLORS.get(variant)
-
-
-def _variants(names: set[str]) -> list[str]:
-    """trained first, then the random variants in canonical order."""
-    return ([TRAINED] if TRAINED in names else []) + sorted(names - {TRAINED}, key=variant_sort_key)
 
 
 def no_data(ax: Axes, text: str = "no data") -> None:
@@ -132,13 +116,13 @@ def roc_figure(con: duckdb.DuckDBPyConnection, out: str | os.PathLike[str], mode
         y = np.asarray(d["activating"], dtype=bool)
         p = np.asarray(d["probability"], dtype=np.float64)
         drawn = 0
-        for v in _variants({str(x) for x in variant}):
+        for v in sort_variants(str(x) for x in variant):
             sel = variant == v
             if y[sel].all() or not y[sel].any():
                 continue
             fpr, tpr, _ = roc_curve(y[sel], p[sel])
             auc = float(np.trapezoid(tpr, fpr))
-            ax.plot(fpr, tpr, color=_color(v), label=f"{v} ({auc:.2f})", lw=1.6)
+            ax.plot(fpr, tpr, color=variant_color(v), label=f"{v} ({auc:.2f})", lw=1.6)
             drawn += 1
         ax.set_title(f"layer {layer}", fontsize=10)
         if not drawn:
@@ -188,10 +172,10 @@ def metrics_figure(con: duckdb.DuckDBPyConnection, out: str | os.PathLike[str], 
             if not lines:
                 no_data(ax)
                 continue
-            for v in _variants(set(lines)):
+            for v in sort_variants(lines):
                 pts = lines[v]
                 err = np.vstack([pts[:, 1] - pts[:, 2], pts[:, 3] - pts[:, 1]])
-                ax.errorbar(pts[:, 0], pts[:, 1], yerr=err if np.any(err > 0) else None, color=_color(v),
+                ax.errorbar(pts[:, 0], pts[:, 1], yerr=err if np.any(err > 0) else None, color=variant_color(v),
                             marker="o", ms=3, lw=1.4, capsize=2, label=v)
             ax.set_xticks(sorted({int(x) for pts in lines.values() for x in pts[:, 0]}))
             if i == len(METRIC_ROWS) - 1:
@@ -255,7 +239,7 @@ def discriminability_figure(con: duckdb.DuckDBPyConnection, out: str | os.PathLi
                 no_data(ax)
                 continue
             metrics = list(dict.fromkeys(m for m, *_ in rows))
-            variants = sorted({v for _, v, *_ in rows}, key=variant_sort_key)
+            variants = sort_variants(v for _, v, *_ in rows)
             value = np.full((len(metrics), len(variants)), np.nan)
             note = [["" for _ in variants] for _ in metrics]
             for m, v, val, sep, n in rows:

@@ -1,9 +1,9 @@
 """Which artifacts belong to which SAE: the plan, read as one row per SAE.
 
-Every per-SAE artifact family (sae_metrics, latents, examples, explain, score) shares the SAE's
-name suffix ``<model>/<variant>/L<layer>/x<expansion>-k<k>/s<seed>`` (score adds
-``/<scorer>``), so the SAE's identifying columns are attached to each file by name, from the
-plan, never parsed out of the files themselves: a file only holds what its stage measured.
+Every per-SAE artifact (sae_metrics, latents, examples, explain, score) carries the SAE's labels
+in the plan (model, variant, layer, expansion, k, seed; score adds its scorer), so the SAE's
+identifying columns are attached to each file from the plan, never parsed out of names or of the
+files themselves: a file only holds what its stage measured.
 """
 
 from __future__ import annotations
@@ -55,39 +55,38 @@ class SaeUnit:
         }
 
 
-def _layer(plan: Plan, sae: Artifact) -> int:
-    acts = plan.get("activations", sae.inputs["activations"])
-    return int(acts.params["layer"])
+#: The stages with one artifact per SAE (score: one per SAE and scorer).
+PER_SAE_STAGES: tuple[str, ...] = ("sae_metrics", "latents", "examples", "explain")
 
 
 def sae_units(plan: Plan) -> list[SaeUnit]:
-    """Every SAE of the plan, in plan order, with its related artifacts."""
+    """Every SAE of the plan, in plan order, with its related artifacts, matched by the plan's
+    labels (model, variant, layer, expansion, k, seed), never by parsing names."""
+    def ident(a: Artifact) -> tuple[Any, ...]:
+        return tuple(a.labels.get(c) for c in ID_COLUMNS[1:])
+
+    related_by: dict[tuple[Any, ...], dict[str, Artifact]] = {}
+    scores_by: dict[tuple[Any, ...], dict[str, Artifact]] = {}
+    for art in plan:
+        if art.stage in PER_SAE_STAGES:
+            related_by.setdefault(ident(art), {})[art.stage] = art
+        elif art.stage == "score":
+            scores_by.setdefault(ident(art), {})[art.labels["scorer"]] = art
     units = []
-    scores_by_tag: dict[str, dict[str, Artifact]] = {}
-    for name, art in plan.by_name.items():
-        if art.stage == "score":  # score/<tag>/<scorer>
-            scores_by_tag.setdefault(name.removeprefix("score/").rsplit("/", 1)[0], {})[art.params["scorer"]] = art
     for sae in plan.stage("sae"):
-        tag = sae.name.removeprefix("sae/")
-        model, variant = tag.split("/")[:2]
-        related = {}
-        for stage in ("sae_metrics", "latents", "examples", "explain"):
-            a = plan.by_name.get(f"{stage}/{tag}")
-            if a is not None:
-                related[stage] = a
-        scores = scores_by_tag.get(tag, {})
+        lab = sae.labels
         units.append(
             SaeUnit(
                 sae=sae,
-                tag=tag,
-                model=model,
-                variant=variant,
-                layer=_layer(plan, sae),
-                expansion=int(sae.params["expansion"]),
-                k=int(sae.params["k"]),
-                seed=int(sae.params["seed"]),
-                related=related,
-                scores=scores,
+                tag=sae.name.removeprefix("sae/"),
+                model=lab["model"],
+                variant=lab["variant"],
+                layer=int(lab["layer"]),
+                expansion=int(lab["expansion"]),
+                k=int(lab["k"]),
+                seed=int(lab["seed"]),
+                related=related_by.get(ident(sae), {}),
+                scores=scores_by.get(ident(sae), {}),
             )
         )
     return units

@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 
+from randsae.results.display import VARIANT_ORDER_MACRO
 from randsae.results.query import connect_readonly, format_cell, to_table
 
 #: Per-SAE columns of the report's metrics table and the summary: (metric, short header).
@@ -60,16 +61,14 @@ SELECT model, layer, 'x' || expansion || '-k' || k AS setting, variant, count(DI
        {pivots}
 FROM sae_metric_values
 GROUP BY model, layer, expansion, k, variant
-ORDER BY model, layer, expansion, k,
-         CASE variant WHEN 'trained' THEN 0 WHEN 'step0' THEN 1 WHEN 'rerandomized' THEN 2
-                      WHEN 'rerandomized_no_embed' THEN 3 WHEN 'control' THEN 4 ELSE 5 END, variant"""
+ORDER BY model, layer, expansion, k, {VARIANT_ORDER_MACRO}(variant), variant"""
 
 
 DISCRIMINABILITY_SQL = """
 SELECT model, layer, 'x' || expansion || '-k' || k AS setting, level, metric, variant,
        n_trained, n_variant, trained_value, variant_value, difference, difference_lo, difference_hi,
        effect_size, p_value, auroc, auroc_lo, auroc_hi, separated, note
-FROM discriminability ORDER BY model, layer, expansion, k, level, metric, variant"""
+FROM discriminability ORDER BY model, layer, expansion, k, level, metric, variant_order(variant), variant"""
 
 USAGE_SQL = """
 SELECT artifact_stage, client, llm_model, count(*) AS calls, count(*) FILTER (WHERE cached) AS cached_calls,
@@ -133,7 +132,7 @@ def render_report(db: Db, out: str | os.PathLike[str], figures: Mapping[str, Pat
     captions = dict(captions or {})
     with _connection(db) as con:
         runs = con.sql("SELECT built_at, code_version, store_root, seed, n_boot, n_perm, alpha FROM runs").fetchall()
-        progress = _fetch(con, "SELECT stage, planned, built, implemented FROM progress ORDER BY stage_order")
+        progress = _fetch(con, "SELECT stage, version, planned, built FROM progress ORDER BY stage_order")
         metrics = _fetch(con, metrics_by_variant_sql())
         disc = _fetch(con, DISCRIMINABILITY_SQL)
         usage = _fetch(con, USAGE_SQL)
