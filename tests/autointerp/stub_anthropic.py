@@ -1,11 +1,17 @@
 """A stub of the Anthropic API on 127.0.0.1 speaking the real wire format.
 
-Endpoints: POST /v1/messages, POST /v1/messages/batches, GET /v1/messages/batches/{id},
-GET /v1/messages/batches/{id}/results (JSONL). It can be told to fail (queued faults), counts
-every request, and reports prompt-cache usage the way the API does: when a prefix ending at a
-``cache_control`` breakpoint (of at least ``cache_min_tokens``) was seen before, its tokens
-come back as ``cache_read_input_tokens``, otherwise as ``cache_creation_input_tokens``.
-Tokens are estimated as len(text) // 4.
+Endpoints: POST /v1/messages, GET /v1/models/{id} (capabilities: which thinking types the
+model accepts), POST /v1/messages/batches, GET /v1/messages/batches (list, newest first, with
+``limit``/``after_id`` paging), GET /v1/messages/batches/{id}, GET
+/v1/messages/batches/{id}/results (JSONL). It fails the way the real API does on request:
+queued faults per endpoint (429 with retry-after, 500, 529, a slow response, a malformed
+body), an outage (every request answered with one fault until it is lifted), a batch create
+that succeeds server-side but whose response is lost (500 or a timeout), replies cut at
+``max_tokens`` (optionally with thinking tokens). It counts every request and reports
+prompt-cache usage the way the API does: when a prefix ending at a ``cache_control``
+breakpoint (of at least ``cache_min_tokens``) was seen before, its tokens come back as
+``cache_read_input_tokens``, otherwise as ``cache_creation_input_tokens``. Tokens are
+estimated as len(text) // 4.
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ def ntokens(text: str) -> int:
 
 @dataclass
 class Fault:
-    """One injected failure. kind: status | sleep | malformed | refusal | refusal_text."""
+    """One injected failure. kind: status | sleep | malformed | refusal | refusal_text |
+    max_tokens (the reply is cut; ``seconds`` unused, ``status`` = thinking tokens spent) |
+    lost (batch create only: the batch is made, then the response is a ``status`` error, or
+    arrives after ``seconds`` when that is set, i.e. after the client timed out)."""
 
     kind: str
     status: int = 500
@@ -64,8 +73,18 @@ class StubAnthropic:
         self.polls_before_end = polls_before_end
         self.counts: Counter[str] = Counter()
         self.message_bodies: list[dict[str, Any]] = []
-        self.faults: dict[str, deque[Fault]] = {"messages": deque(), "batches": deque()}
-        #: (request index in batch, custom_id) -> None | "errored" | "expired"
+        self.faults: dict[str, deque[Fault]] = {"messages": deque(), "batches": deque(), "batch_create": deque(),
+                                                "models": deque()}
+        #: while set, every request is answered with this fault (an outage)
+        self.outage: Fault | None = None
+        #: thinking types the model accepts (GET /v1/models/{id})
+        self.thinking_types: dict[str, bool] = {"disabled": True, "between_tools": False, "adaptive": True,
+                                                "enabled": False}
+        #: every message a batch or the Messages API answered should cut at max_tokens
+        self.truncate_all = False
+        #: a fault for particular Messages API requests (by body), after the queued faults
+        self.message_fault_for: Callable[[dict[str, Any]], Fault | None] = lambda body: None
+        #: (request index in batch, custom_id) -> None | "errored" | "overloaded" | "expired"
         self.batch_item_fault: Callable[[int, str], str | None] = lambda i, cid: None
         self.batches: dict[str, dict[str, Any]] = {}
         self.seen_prefixes: set[str] = set()
@@ -173,6 +192,14 @@ class StubAnthropic:
     def message(self, body: dict[str, Any], fault: Fault | None = None) -> dict[str, Any]:
         usage = self._usage(body)
         stop = "end_turn"
+        if self.truncate_all or (fault is not None and fault.kind == "max_tokens"):
+            thinking = fault.status if fault is not None and fault.kind == "max_tokens" else 0
+            text = self.responder(body)[: max(0, body["max_tokens"] - thinking)]  # cut well short
+            usage["output_tokens"] = body["max_tokens"]
+            usage["output_tokens_details"] = {"thinking_tokens": thinking}  # type: ignore[assignment]
+            return {"id": f"msg_{time.monotonic_ns()}", "type": "message", "role": "assistant",
+                    "model": body["model"], "content": [{"type": "text", "text": text[:20]}], "stop_reason": "max_tokens",
+                    "stop_sequence": None, "usage": usage}
         if fault is not None and fault.kind == "refusal":
             content: list[dict[str, Any]] = []
             stop = "refusal"
@@ -194,6 +221,20 @@ class StubAnthropic:
         auth = h.headers.get("x-api-key") or h.headers.get("authorization") or ""
         with self.lock:
             self.auth_headers.append(auth)
+            outage = self.outage
+        if outage is not None:
+            with self.lock:
+                self.counts["outage"] += 1
+            self._error(h, outage)
+            return
+        if method == "GET" and path.startswith("/v1/models/"):
+            with self.lock:
+                self.counts["models"] += 1
+            fault = self._apply_fault(h, "models")
+            if fault is not None and fault.kind in ("status", "malformed"):
+                return
+            self._send(h, 200, json.dumps(self._model_info(path.rsplit("/", 1)[1])).encode())
+            return
         if method == "POST" and path == "/v1/messages":
             with self.lock:
                 self.counts["messages"] += 1
@@ -201,12 +242,16 @@ class StubAnthropic:
             if fault is not None and fault.kind in ("status", "malformed"):
                 return
             body = json.loads(raw)
+            if fault is None and (chosen := self.message_fault_for(body)) is not None:
+                self._error(h, chosen)
+                return
             with self.lock:
                 self.message_bodies.append(body)
             self._send(h, 200, json.dumps(self.message(body, fault)).encode())
             return
         if path.startswith("/v1/messages/batches"):
-            key = {("POST", 3): "batch_create", ("GET", 4): "batch_retrieve", ("GET", 5): "batch_results"}
+            key = {("POST", 3): "batch_create", ("GET", 3): "batch_list", ("GET", 4): "batch_retrieve",
+                   ("GET", 5): "batch_results"}
             kind = key.get((method, len(path.strip("/").split("/"))), "batch_other")
             with self.lock:
                 self.counts[kind] += 1
@@ -221,19 +266,59 @@ class StubAnthropic:
         b = self.batches[bid]
         n = len(b["requests"])
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.get("created", time.time())))
         counts = {"processing": 0 if ended else n, "succeeded": n if ended else 0, "errored": 0, "canceled": 0,
                   "expired": 0}
         return {"id": bid, "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
-                "request_counts": counts, "created_at": now, "expires_at": now,
+                "request_counts": counts, "created_at": created, "expires_at": now,
                 "ended_at": now if ended else None,
                 "results_url": f"{self.base_url}/v1/messages/batches/{bid}/results" if ended else None}
 
+    def _model_info(self, model: str) -> dict[str, Any]:
+        yes = {"supported": True}
+        types = {k: {"supported": v} for k, v in self.thinking_types.items()}
+        return {"id": model, "type": "model", "display_name": model, "created_at": "2026-06-01T00:00:00Z",
+                "lifecycle": "active", "max_tokens": 128000, "max_input_tokens": 1000000,
+                "capabilities": {"batch": yes, "structured_outputs": yes,
+                                 "thinking": {"supported": True, "types": types}}}
+
+    @property
+    def created_batches(self) -> int:
+        """Batches made server-side (each one billed), whatever their create response did."""
+        return len(self.batches)
+
     def _batch_create(self, h: BaseHTTPRequestHandler, path: str, raw: bytes) -> None:
         body = json.loads(raw)
-        bid = f"msgbatch_{len(self.batches):04d}_{time.monotonic_ns()}"
         with self.lock:
-            self.batches[bid] = {"requests": body["requests"], "polls": 0}
+            fault = self.faults["batch_create"].popleft() if self.faults["batch_create"] else None
+        if fault is not None and fault.kind != "lost":
+            self._error(h, fault)
+            return
+        with self.lock:
+            bid = f"msgbatch_{len(self.batches):04d}_{time.monotonic_ns()}"
+            self.batches[bid] = {"requests": body["requests"], "polls": 0, "created": time.time()}
+        if fault is not None:  # made, then the response is lost
+            if fault.seconds:
+                time.sleep(fault.seconds)
+            else:
+                self._error(h, fault)
+                return
         self._send(h, 200, json.dumps(self._batch_obj(bid, False)).encode())
+
+    def _batch_list(self, h: BaseHTTPRequestHandler, path: str, raw: bytes) -> None:
+        from urllib.parse import parse_qs, urlparse
+
+        q = parse_qs(urlparse(h.path).query)
+        limit = int(q.get("limit", ["20"])[0])
+        with self.lock:
+            ids = sorted(self.batches, key=lambda b: (self.batches[b]["created"], b), reverse=True)
+            if "after_id" in q and q["after_id"][0] in ids:
+                ids = ids[ids.index(q["after_id"][0]) + 1 :]
+            page = ids[:limit]
+            data = [self._batch_obj(b, self.batches[b]["polls"] > self.polls_before_end) for b in page]
+        body = {"data": data, "has_more": len(ids) > limit, "first_id": page[0] if page else None,
+                "last_id": page[-1] if page else None}
+        self._send(h, 200, json.dumps(body).encode())
 
     def _batch_retrieve(self, h: BaseHTTPRequestHandler, path: str, raw: bytes) -> None:
         bid = path.strip("/").split("/")[3]
@@ -250,6 +335,9 @@ class StubAnthropic:
             if fault == "errored":
                 result: dict[str, Any] = {"type": "errored", "error": {"type": "error", "error": {
                     "type": "invalid_request_error", "message": "stub: bad request"}}}
+            elif fault == "overloaded":
+                result = {"type": "errored", "error": {"type": "error", "error": {
+                    "type": "overloaded_error", "message": "stub: overloaded"}}}
             elif fault == "expired":
                 result = {"type": "expired"}
             else:

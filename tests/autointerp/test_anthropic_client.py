@@ -171,9 +171,12 @@ def test_killed_batch_run_resumes_the_submitted_batch(stub, api_key, fast_retry,
 
 
 def test_batch_submission_failure_is_recorded(stub, api_key, fast_retry) -> None:
-    stub.faults["batches"].extend([Fault("status", 500)] * 4)
-    out = client(stub, fast_retry, mode="batch").complete_many([EXPLAIN, EXPLAIN])
-    assert all(not c.ok and "submission failed" in c.reason for c in out)
+    judge = client(stub, fast_retry, mode="batch")
+    judge.complete(Prompt(system="sys", user="What does this feature respond to? warm-up"))  # model looked up
+    stub.outage = Fault("status", 500)
+    out = judge.complete_many([EXPLAIN, EXPLAIN])
+    assert all(not c.ok and "submission failed" in c.reason and c.failure_class == "transient" for c in out)
+    assert stub.created_batches == 1  # the warm-up's only
 
 
 def test_full_run_with_faults_cache_and_secrecy(stub, api_key, fast_retry, tmp_path, caplog) -> None:

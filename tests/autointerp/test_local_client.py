@@ -7,7 +7,8 @@ import pytest
 import torch
 from ai_helpers import make_bundle
 
-from randsae.autointerp.clients import GenParams, choose_client_kind, default_client
+from randsae.autointerp.clients import GenParams
+from randsae.autointerp.factory import choose_client_kind, default_client
 from randsae.autointerp.local_client import LocalClient
 from randsae.autointerp.prompts import detection_prompt, explainer_prompt
 from randsae.autointerp.scorers import DetectionScorer

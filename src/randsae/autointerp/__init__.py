@@ -2,9 +2,10 @@
 
 Protocol and defaults: docs/autointerp.md. Modules: ``types`` (examples, prompts), ``prompts``
 (every prompt text, with the injection defence), ``clients`` (the Client protocol and
-``default_client``), ``anthropic_client`` and ``local_client`` (backends), ``cache`` (the
+shared result types), ``factory`` (``default_client``: the backend a config asks for),
+``anthropic_client`` and ``local_client`` (backends), ``cache`` (the
 response cache), ``parsing`` (robust output parsing), ``explainers``, ``scorers``, ``stats``,
-``pricing`` and ``retry``. Backends are imported lazily: importing this package pulls in
+``pricing``, ``retry`` and ``outcomes`` (what a job's calls came to; whether it may publish). Backends are imported lazily: importing this package pulls in
 neither torch models nor the Anthropic SDK.
 """
 
@@ -15,8 +16,7 @@ from randsae.autointerp.clients import (
     Completion,
     GenParams,
     Usage,
-    choose_client_kind,
-    default_client,
+    failure_class,
 )
 from randsae.autointerp.explainers import (
     Explainer,
@@ -24,11 +24,14 @@ from randsae.autointerp.explainers import (
     LLMExplainer,
     TokenListExplainer,
 )
+from randsae.autointerp.factory import choose_client_kind, default_client
+from randsae.autointerp.outcomes import CallSummary, TransientLLMFailures
 from randsae.autointerp.pricing import PRICES, Price, cost_usd
 from randsae.autointerp.retry import RetryPolicy
 from randsae.autointerp.scorers import (
     CONTROL,
     OWN,
+    SCORER_CLASSES,
     DetectionScorer,
     ExampleScore,
     FuzzingScorer,
@@ -36,6 +39,7 @@ from randsae.autointerp.scorers import (
     Scorer,
     control_assignment,
     score_latents,
+    scorer_class,
     summarize_scores,
 )
 from randsae.autointerp.stats import (
@@ -52,8 +56,10 @@ __all__ = [
     "NON_ACTIVATING",
     "OWN",
     "PRICES",
+    "SCORER_CLASSES",
     "AnswerProbabilities",
     "CachedClient",
+    "CallSummary",
     "Client",
     "Completion",
     "DetectionScorer",
@@ -73,6 +79,7 @@ __all__ = [
     "ScoreSummary",
     "Scorer",
     "TokenListExplainer",
+    "TransientLLMFailures",
     "Usage",
     "auroc",
     "binary_metrics",
@@ -81,7 +88,9 @@ __all__ = [
     "control_assignment",
     "cost_usd",
     "default_client",
+    "failure_class",
     "score_latents",
+    "scorer_class",
     "summarize",
     "summarize_scores",
 ]

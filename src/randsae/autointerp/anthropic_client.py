@@ -3,18 +3,31 @@
 Why these choices:
 
 - Interactive runs use the Messages API (a few concurrent requests); bulk runs
-  (``mode="batch"``) use the Message Batches API at half price: submit, poll, fetch results by
-  ``custom_id``. Errored, expired or missing items become recorded failures (not cached, so a
-  rerun retries them); the others are unaffected. A batch id is journaled on disk
-  (``journal_dir``) as soon as it is submitted, so a killed run fetches that batch on restart
-  instead of paying for it twice.
+  (``mode="batch"``, what the stages use by default) use the Message Batches API at half
+  price: submit, poll, fetch results by ``custom_id``. Errored, expired or missing items
+  become recorded failures (not cached, so a rerun retries them); the others are unaffected.
+- A request is never billed twice by one pipeline. A journal entry (``journal_dir``) is
+  written *before* ``batches.create`` is sent and kept until the results were handed on to
+  the response cache. A create that fails without a clear refusal (timeout, 5xx, lost
+  response) may still have made a batch, so before resubmitting, and whenever a run finds an
+  entry without a batch id, the batch list is searched for a batch of that size created since
+  the first attempt; a candidate is adopted only if its results hold exactly the entry's
+  request ids (the API stores no metadata on a batch). If the list cannot be read, nothing is
+  resubmitted: the calls fail (transiently) and the next run looks again.
 - Prompt caching: ``cache_control`` marks the shared instructions (system block) and the
   per-latent context (the explanation under test), so the thirty scoring calls of a latent
   re-read that prefix at 0.1x the input price. (The API caches only prefixes above a
-  model-dependent minimum length, e.g. 1024 tokens for Sonnet.)
+  model-dependent minimum length, e.g. 1024 tokens for Sonnet; the stages warn when a marked
+  prefix is never read back.)
+- Every request sets ``max_tokens`` and ``thinking`` explicitly: thinking off (``disabled``, or
+  ``between_tools`` where the model wants that; models that always think get extra
+  ``max_tokens``), chosen from the model's capabilities (``models.retrieve``, once per
+  client). A reply cut at ``max_tokens`` is a ``truncated`` failure, counted and reported,
+  never parsed or cached.
 - Retries: our own loop (:mod:`.retry`) with exponential backoff, jitter and ``retry-after``
   honoured, for 408/409/429/5xx/529, timeouts, connection errors and malformed bodies; the
-  SDK's own retries are off (``max_retries=0``) so attempts are counted once.
+  SDK's own retries are off (``max_retries=0``) so attempts are counted once. What a failure
+  that remains means is decided by :func:`randsae.autointerp.clients.failure_class`.
 - Claude returns no token logprobs, so judging asks for a probability per example in JSON
   (structured output where the model supports it) and parses it robustly.
 - The API key is read from ANTHROPIC_API_KEY only, handed to the SDK and nowhere else: it is
@@ -35,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import anthropic
 
@@ -50,7 +63,7 @@ from randsae.autointerp.clients import (
     Usage,
 )
 from randsae.autointerp.parsing import parse_stated_probabilities
-from randsae.autointerp.pricing import Price, cost_usd
+from randsae.autointerp.pricing import Price, cost_usd, unpriced_warning
 from randsae.autointerp.retry import Outcome, RetryDecision, RetryPolicy, call_with_retries
 from randsae.autointerp.types import Prompt
 
@@ -76,6 +89,29 @@ ANSWERS_SCHEMA: dict[str, Any] = {
     "required": ["answers"],
     "additionalProperties": False,
 }
+
+
+#: HTTP statuses that refuse this very request (an answer about it, kept and counted; not cached).
+REJECTED_STATUSES = (400, 413, 422)
+#: Batch item error types that mean the same.
+REJECTED_ERROR_TYPES = frozenset({"invalid_request_error", "request_too_large"})
+#: Stop reasons of a reply cut short (reported as ``truncated``, never parsed or cached).
+TRUNCATING_STOPS = frozenset({"max_tokens", "model_context_window_exceeded"})
+#: Candidate batches a search may try (each confirmed or refuted by its results) before giving up.
+_MAX_SEARCH_ROUNDS = 8
+
+
+def judge_max_tokens(n_items: int) -> int:
+    """``max_tokens`` of a judge reply of ``n_items`` answers, set explicitly (never the model's
+    default): the JSON answer takes about 12 tokens per item; the rest is slack."""
+    return 64 + 24 * n_items
+
+
+class _RequestSetup(NamedTuple):
+    """The model-dependent part of every request body."""
+
+    thinking: dict[str, Any]
+    extra_max_tokens: int
 
 
 class AnthropicConfigError(RuntimeError):
@@ -116,40 +152,82 @@ def _value(outcome: Outcome[Any]) -> Any:
     return outcome.value
 
 
+class _Entry:
+    """One journaled batch: the request ids it holds, the batch id once known, and when a
+    create was first sent (``intent_at``, our clock), which bounds the search for a batch whose
+    create response was lost. ``verified``: the batch id came from a create response, or its
+    results were checked to hold exactly these requests."""
+
+    def __init__(self, ids: Sequence[str], path: Path | None, batch_id: str | None = None,
+                 intent_at: float | None = None, verified: bool = True) -> None:
+        self.ids = list(ids)
+        self.path = path
+        self.batch_id = batch_id
+        self.intent_at = intent_at
+        self.verified = verified
+
+
 class _Journal:
-    """Submitted-but-unfetched batch ids on disk, keyed by the set of request ids."""
+    """Batches that were (or may have been) submitted and whose results are not yet in the
+    response cache, one JSON file each, named by a fingerprint of the request set.
+
+    Written before ``batches.create`` is sent, updated with the batch id when it returns, and
+    removed only after the results were handed on (and so cached). A run finds an entry by
+    any request it still wants, not by the exact set, so a run that was killed half-way
+    through storing results fetches the same batch instead of paying for the rest again.
+    Holds request ids (hashes of the request bodies) and batch ids only: no prompt, no key."""
 
     def __init__(self, root: str | Path | None) -> None:
         self.root = Path(root) if root is not None else None
 
-    def _path(self, ids: Sequence[str]) -> Path | None:
-        if self.root is None:
-            return None
-        digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:32]
-        return self.root / f"{digest}.json"
+    @staticmethod
+    def fingerprint(ids: Sequence[str]) -> str:
+        return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:32]
 
-    def lookup(self, ids: Sequence[str]) -> str | None:
-        path = self._path(ids)
-        if path is None or not path.is_file():
-            return None
-        try:
-            return str(json.loads(path.read_text())["batch_id"])
-        except (OSError, ValueError, KeyError):
-            return None
+    def new(self, ids: Sequence[str]) -> _Entry:
+        path = None if self.root is None else self.root / f"{self.fingerprint(ids)}.json"
+        return _Entry(ids, path)
 
-    def record(self, ids: Sequence[str], batch_id: str) -> None:
-        path = self._path(ids)
-        if path is None:
+    def save(self, entry: _Entry) -> None:
+        if entry.path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"batch_id": batch_id, "n_requests": len(ids), "created": time.time()}))
-        os.replace(tmp, path)
+        entry.path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"fingerprint": entry.path.stem, "batch_id": entry.batch_id, "intent_at": entry.intent_at,
+                "verified": entry.verified, "n_requests": len(entry.ids), "custom_ids": entry.ids,
+                "updated": time.time()}
+        tmp = entry.path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, entry.path)
 
-    def remove(self, ids: Sequence[str]) -> None:
-        path = self._path(ids)
-        if path is not None:
-            path.unlink(missing_ok=True)
+    def remove(self, entry: _Entry) -> None:
+        if entry.path is not None:
+            entry.path.unlink(missing_ok=True)
+
+    def entries(self) -> list[_Entry]:
+        """Every readable entry (an unreadable file is skipped, not fatal), oldest first."""
+        if self.root is None or not self.root.is_dir():
+            return []
+        out = []
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                d = json.loads(path.read_text())
+                out.append(_Entry(d["custom_ids"], path, d.get("batch_id"), d.get("intent_at"),
+                                  bool(d.get("verified", True))))
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("ignoring unreadable batch journal %s", path)
+        return out
+
+    def claimed(self) -> set[str]:
+        """Batch ids other entries already own (never adopted by a search)."""
+        return {e.batch_id for e in self.entries() if e.batch_id}
+
+
+class _BatchOutcome(NamedTuple):
+    """Results by custom_id; ``settled``: the journal entry may go (results fetched, or nothing
+    was submitted). Unsettled failures keep it, so the next run looks for the batch again."""
+
+    results: dict[str, Completion]
+    settled: bool
 
 
 class AnthropicClient:
@@ -171,8 +249,11 @@ class AnthropicClient:
         poll_interval: float = 30.0,
         max_batch_wait: float = 26 * 3600.0,
         max_batch_requests: int = 10_000,
+        batch_search_skew: float = 600.0,
         prompt_caching: bool = True,
         structured_output: bool = True,
+        thinking: Literal["off", "adaptive"] = "off",
+        thinking_headroom: int = 2048,
         price: Price | None = None,
         journal_dir: str | Path | None = None,
         http_client: Any = None,
@@ -182,6 +263,8 @@ class AnthropicClient:
     ) -> None:
         if mode not in ("messages", "batch"):
             raise ValueError(f"mode must be 'messages' or 'batch', not {mode!r}")
+        if thinking not in ("off", "adaptive"):
+            raise ValueError(f"thinking must be 'off' or 'adaptive', not {thinking!r}")
         key = (os.environ if env is None else env).get(API_KEY_ENV, "")
         if not key:
             raise AnthropicConfigError(
@@ -195,13 +278,21 @@ class AnthropicClient:
         self.poll_interval = poll_interval
         self.max_batch_wait = max_batch_wait
         self.max_batch_requests = max(1, min(max_batch_requests, 100_000))
+        self.batch_search_skew = batch_search_skew
         self.prompt_caching = prompt_caching
         self.structured_output = structured_output
+        self.thinking = thinking
+        self.thinking_headroom = max(0, thinking_headroom)
         self.price = price
+        self.unpriced_warning = unpriced_warning(model, price)
+        if self.unpriced_warning:
+            log.warning(self.unpriced_warning)
         self._journal = _Journal(journal_dir)
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
+        self._setup_lock = threading.Lock()
+        self._setup: _RequestSetup | None = None
         self._redact = _Redactor(key)
         self._sdk = anthropic.Anthropic(
             api_key=key, base_url=base_url, timeout=timeout, max_retries=0, http_client=http_client
@@ -211,12 +302,17 @@ class AnthropicClient:
         return f"AnthropicClient(model={self.model!r}, mode={self.mode!r})"
 
     def cache_identity(self) -> dict[str, Any]:
-        return {"structured_output": self.structured_output}
+        # thinking "off" is what every earlier cache entry was asked with: it stays out of the key
+        ident: dict[str, Any] = {"structured_output": self.structured_output}
+        if self.thinking != "off":
+            ident["thinking"] = self.thinking
+        return ident
 
     # ---------------------------------------------------------------- requests
 
     def request_params(self, prompt: Prompt, params: GenParams, schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The Messages API body for a prompt (also the ``params`` of a batch request)."""
+        """The Messages API body for a prompt (also the ``params`` of a batch request), before
+        the model-dependent ``thinking`` field is added (:meth:`_finish`)."""
         cache = {"cache_control": {"type": "ephemeral"}} if self.prompt_caching else {}
         content: list[dict[str, Any]] = []
         if prompt.context:
@@ -234,6 +330,46 @@ class AnthropicClient:
             body["output_config"] = {"format": {"type": "json_schema", "schema": dict(schema)}}
         return body
 
+    def _request_setup(self) -> _RequestSetup | Outcome[Any]:
+        """The ``thinking`` field this model needs, looked up once (lazily: a run served from
+        the response cache makes no call). Why look it up: what omitting ``thinking`` means
+        depends on the model (recent models think adaptively by default, and thinking tokens
+        count against ``max_tokens``, so a judge reply could be cut), and which ``type`` turns
+        it off does too (``disabled``, or ``between_tools`` on Sonnet 5.5). The model's
+        capabilities say which it accepts. A model that cannot stop thinking gets
+        ``thinking_headroom`` extra ``max_tokens``."""
+        with self._setup_lock:
+            if self._setup is not None:
+                return self._setup
+            got = self._with_retries(lambda: self._sdk.models.retrieve(self.model), "models.retrieve")
+            if not got.ok:
+                if "HTTP 404" not in got.reason:
+                    return got
+                log.warning("model %s: no model information (%s); sending thinking disabled", self.model, got.reason)
+                self._setup = _RequestSetup({"type": "disabled"}, 0)
+                return self._setup
+            self._setup = self._setup_from(getattr(got.value, "capabilities", None))
+            log.info("model %s: thinking %s, %d extra max_tokens", self.model, self._setup.thinking["type"],
+                     self._setup.extra_max_tokens)
+            return self._setup
+
+    def _setup_from(self, caps: Any) -> _RequestSetup:
+        if self.thinking == "adaptive":
+            return _RequestSetup({"type": "adaptive"}, self.thinking_headroom)
+        types = getattr(getattr(caps, "thinking", None), "types", None)
+        if types is None:  # no capability information: a model without thinking accepts "disabled"
+            return _RequestSetup({"type": "disabled"}, 0)
+        for kind in ("disabled", "between_tools"):
+            if getattr(getattr(types, kind, None), "supported", False):
+                return _RequestSetup({"type": kind}, 0)
+        log.warning("model %s cannot turn thinking off: thinking adaptively with %d extra max_tokens per call",
+                    self.model, self.thinking_headroom)
+        return _RequestSetup({"type": "adaptive"}, self.thinking_headroom)
+
+    @staticmethod
+    def _finish(body: dict[str, Any], setup: _RequestSetup) -> dict[str, Any]:
+        return {**body, "max_tokens": body["max_tokens"] + setup.extra_max_tokens, "thinking": dict(setup.thinking)}
+
     def _classify(self, err: BaseException) -> RetryDecision:
         if isinstance(err, anthropic.APITimeoutError):
             return RetryDecision(True, "timeout")
@@ -245,7 +381,10 @@ class AnthropicClient:
             msg = getattr(err, "api_message", None)
             reason = f"HTTP {code}{detail}" + (f": {msg}" if msg else "")
             retryable = code in (408, 409, 429) or code >= 500
-            return RetryDecision(retryable, self._redact(reason)[:300], _retry_after(err.response.headers))
+            # a refusal of this very request is an answer; auth, permission or a missing model
+            # is not (the stage must fail, not publish a table of failures)
+            kind = "rejected" if code in REJECTED_STATUSES else "api"
+            return RetryDecision(retryable, self._redact(reason)[:300], _retry_after(err.response.headers), kind)
         if isinstance(err, anthropic.APIResponseValidationError | ValueError):
             return RetryDecision(True, "malformed response")
         return RetryDecision(False, self._redact(f"{type(err).__name__}: {err}")[:300])
@@ -255,9 +394,12 @@ class AnthropicClient:
         def on_retry(attempt: int, d: RetryDecision, wait: float) -> None:
             log.warning("%s: attempt %d failed (%s); retrying in %.2fs", what, attempt, d.reason, wait)
 
+        return call_with_retries(fn, self._classify, self.retry, rng=self._child_rng(), sleep=self._sleep,
+                                 on_retry=on_retry)
+
+    def _child_rng(self) -> random.Random:
         with self._rng_lock:
-            rng = random.Random(self._rng.random())
-        return call_with_retries(fn, self._classify, self.retry, rng=rng, sleep=self._sleep, on_retry=on_retry)
+            return random.Random(self._rng.random())
 
     def _to_completion(self, message: Any, *, batch: bool, attempts: int = 1) -> Completion:
         text = "".join(getattr(b, "text", "") for b in (message.content or []) if getattr(b, "type", "") == "text")
@@ -278,6 +420,12 @@ class AnthropicClient:
             "batch": batch,
             "attempts": attempts,
         }
+        if message.stop_reason in TRUNCATING_STOPS:
+            details = getattr(u, "output_tokens_details", None)
+            thinking = int(getattr(details, "thinking_tokens", 0) or 0)
+            reason = f"stop_reason {message.stop_reason} after {usage.output_tokens} output tokens" + (
+                f" ({thinking} of them thinking)" if thinking else "")
+            return Completion(text, False, "truncated", reason, **common)
         if message.stop_reason == "refusal":
             return Completion(text, False, "refusal", "stop_reason refusal", **common)
         if not text.strip():
@@ -296,15 +444,27 @@ class AnthropicClient:
         return self._run(bodies, on_result)
 
     def _run(self, bodies: Sequence[dict[str, Any]], on_result: ResultCallback | None) -> list[Completion]:
+        if not bodies:
+            return []
+        setup = self._request_setup()
+        if not isinstance(setup, _RequestSetup):
+            fail = Completion.failure("api", f"model lookup failed: {setup.reason}", client=self.name,
+                                      model=self.model, attempts=setup.attempts, cost_usd=None)
+            for i in range(len(bodies)):
+                if on_result is not None:
+                    on_result(i, fail)
+            return [fail] * len(bodies)
+        finished = [self._finish(b, setup) for b in bodies]
         if self.mode == "batch":
-            return self._run_batch(bodies, on_result)
-        return self._run_messages(bodies, on_result)
+            return self._run_batch(finished, on_result)
+        return self._run_messages(finished, on_result)
 
     def _one_message(self, body: dict[str, Any]) -> Completion:
         outcome = self._with_retries(lambda: self._sdk.messages.create(**body), "messages.create")
         if not outcome.ok:
             return Completion.failure(
-                "api", outcome.reason, client=self.name, model=self.model, attempts=outcome.attempts, cost_usd=None
+                outcome.kind or "api", outcome.reason, client=self.name, model=self.model, attempts=outcome.attempts,
+                cost_usd=None,
             )
         try:
             return self._to_completion(outcome.value, batch=False, attempts=outcome.attempts)
@@ -338,11 +498,14 @@ class AnthropicClient:
         return "r" + hashlib.sha256(canonical_json(body).encode()).hexdigest()[:48]
 
     def _run_batch(self, bodies: Sequence[dict[str, Any]], on_result: ResultCallback | None) -> list[Completion]:
+        """Journaled batches first (any that holds a request wanted here), then new batches for
+        the rest. A journal entry is removed only after its results were handed to
+        ``on_result`` (which stores them in the response cache)."""
         ids = [self.custom_id(b) for b in bodies]
         where: dict[str, list[int]] = {}
         for i, cid in enumerate(ids):
             where.setdefault(cid, []).append(i)
-        unique = list(where)
+        wanted = dict.fromkeys(where)
         results: list[Completion | None] = [None] * len(bodies)
 
         def emit(cid: str, completion: Completion) -> None:
@@ -351,61 +514,172 @@ class AnthropicClient:
                 if on_result is not None:
                     on_result(i, completion)
 
-        for start in range(0, len(unique), self.max_batch_requests):
-            chunk = unique[start : start + self.max_batch_requests]
+        for entry in self._journal.entries():
+            mine = [cid for cid in entry.ids if cid in wanted]
+            if not mine:
+                continue
+            log.info("batch journal %s holds %d of these requests: resuming it", entry.path, len(mine))
+            outcome = self._settle(entry, None)
+            if outcome is None:  # nothing of it reached the server: its requests are new again
+                self._journal.remove(entry)
+                continue
+            for cid in mine:
+                emit(cid, outcome.results[cid])
+                del wanted[cid]
+            if outcome.settled:
+                self._journal.remove(entry)
+
+        rest = list(wanted)
+        for start in range(0, len(rest), self.max_batch_requests):
+            chunk = rest[start : start + self.max_batch_requests]
             requests = [{"custom_id": cid, "params": bodies[where[cid][0]]} for cid in chunk]
-            for cid, completion in self._one_batch(chunk, requests).items():
-                emit(cid, completion)
+            entry = self._journal.new(chunk)
+            outcome = self._settle(entry, requests)
+            assert outcome is not None  # with requests, a batch is always created or failed
+            for cid in chunk:
+                emit(cid, outcome.results[cid])
+            if outcome.settled:
+                self._journal.remove(entry)
         return [r for r in results if r is not None]
 
-    def _fail_all(self, ids: Sequence[str], reason: str) -> dict[str, Completion]:
-        fail = Completion.failure("api", reason, client=self.name, model=self.model, batch=True, cost_usd=None)
+    def _fail_all(self, ids: Sequence[str], reason: str, kind: str = "api") -> dict[str, Completion]:
+        fail = Completion.failure(kind, reason, client=self.name, model=self.model, batch=True, cost_usd=None)
         return dict.fromkeys(ids, fail)
 
-    def _one_batch(self, ids: list[str], requests: list[dict[str, Any]]) -> dict[str, Completion]:
-        batch_id = self._journal.lookup(ids)
-        if batch_id is None:
-            created = self._with_retries(
-                lambda: self._sdk.messages.batches.create(requests=requests),  # type: ignore[arg-type]
-                "batches.create",
-            )
-            if not created.ok:
-                return self._fail_all(ids, f"batch submission failed: {created.reason}")
-            batch_id = str(_value(created).id)
-            self._journal.record(ids, batch_id)
-            log.info("submitted message batch %s with %d requests", batch_id, len(ids))
-        else:
-            log.info("resuming message batch %s (%d requests)", batch_id, len(ids))
+    def _settle(self, entry: _Entry, requests: list[dict[str, Any]] | None) -> _BatchOutcome | None:
+        """Results for one journal entry: find its batch (by id, or by searching when a create
+        may have reached the server without its response reaching us), create it if it surely
+        does not exist (only when ``requests`` are given; else return None), then wait for it
+        and fetch its results."""
+        excluded: set[str] = set()  # batches found by a search whose results were not ours
+        for _ in range(_MAX_SEARCH_ROUNDS):
+            if entry.batch_id is None and entry.intent_at is not None:
+                found = self._search(entry, excluded)
+                if not found.ok:
+                    reason = f"cannot tell whether a batch was already created ({found.reason}): not resubmitting"
+                    return _BatchOutcome(self._fail_all(entry.ids, reason), settled=False)
+                if found.value is not None:
+                    entry.batch_id, entry.verified = str(found.value), False
+                    self._journal.save(entry)
+            if entry.batch_id is None:
+                if requests is None:
+                    return None
+                failed = self._create(entry, requests, excluded)
+                if failed is not None:
+                    return failed
+            collected = self._collect(entry)
+            if collected is not None:
+                return collected
+            log.info("batch %s holds other requests: not ours", entry.batch_id)
+            excluded.add(str(entry.batch_id))
+            entry.batch_id, entry.verified = None, True
+            self._journal.save(entry)
+        reason = f"no batch of these {len(entry.ids)} requests found after {_MAX_SEARCH_ROUNDS} candidates"
+        return _BatchOutcome(self._fail_all(entry.ids, reason), settled=False)
+
+    def _create(self, entry: _Entry, requests: list[dict[str, Any]], excluded: set[str]) -> _BatchOutcome | None:
+        """Submit once per attempt. Why not the generic retry loop: a create whose response is
+        lost (timeout, 5xx after the server committed it) may have made a batch that is billed,
+        so before every resubmission the batch list is searched for it. Sets ``entry.batch_id``
+        and returns None when a batch exists; returns the failure otherwise."""
+        rng = self._child_rng()
+        decision = RetryDecision(False, "not attempted")
+        for attempt in range(1, self.retry.max_attempts + 1):
+            if entry.intent_at is None:
+                entry.intent_at = time.time()
+            self._journal.save(entry)  # before create: a lost response is then looked for, not resent
+            try:
+                batch = self._sdk.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+            except Exception as err:  # noqa: BLE001 - classified below
+                decision = self._classify(err)
+            else:
+                entry.batch_id, entry.verified = str(batch.id), True
+                self._journal.save(entry)
+                log.info("submitted message batch %s with %d requests", batch.id, len(requests))
+                return None
+            if not decision.retryable:  # the server refused it: nothing was created
+                return _BatchOutcome(self._fail_all(entry.ids, f"batch submission failed: {decision.reason}",
+                                                    decision.kind), settled=True)
+            if attempt == self.retry.max_attempts:
+                break
+            wait = self.retry.delay(attempt, decision.retry_after, rng)
+            log.warning("batches.create: attempt %d failed (%s); looking for the batch, then retrying in %.2fs",
+                        attempt, decision.reason, wait)
+            self._sleep(wait)
+            found = self._search(entry, excluded)
+            if not found.ok:
+                reason = (f"batch submission failed ({decision.reason}) and the batch list is unavailable "
+                          f"({found.reason}): not resubmitting, so nothing is paid for twice")
+                return _BatchOutcome(self._fail_all(entry.ids, reason), settled=False)
+            if found.value is not None:
+                entry.batch_id, entry.verified = str(found.value), False
+                self._journal.save(entry)
+                log.info("found message batch %s after a failed create: not resubmitting", found.value)
+                return None
+        return _BatchOutcome(self._fail_all(entry.ids, f"batch submission failed: {decision.reason}"), settled=False)
+
+    def _search(self, entry: _Entry, excluded: set[str]) -> Outcome[Any]:
+        """The newest batch created since the entry's first create (less ``batch_search_skew``
+        for clock differences) with as many requests as the entry, not owned by another
+        journal entry and not already found to hold other requests. The API keeps no metadata
+        on a batch, so a candidate is confirmed by its results' custom_ids (:meth:`_collect`)."""
+        since = (entry.intent_at or time.time()) - self.batch_search_skew
+        claimed = self._journal.claimed() - {entry.batch_id}
+        n = len(entry.ids)
+
+        def scan() -> str | None:
+            for b in self._sdk.messages.batches.list(limit=100):
+                if b.created_at.timestamp() < since:
+                    break
+                if b.id in excluded or b.id in claimed or b.processing_status == "canceling":
+                    continue
+                c = b.request_counts
+                if c.processing + c.succeeded + c.errored + c.canceled + c.expired == n:
+                    return str(b.id)
+            return None
+
+        return self._with_retries(scan, "batches.list")
+
+    def _collect(self, entry: _Entry) -> _BatchOutcome | None:
+        """Wait for the entry's batch to end and read its results; None when an unverified
+        batch turns out to hold other requests."""
+        batch_id = str(entry.batch_id)
         deadline = time.monotonic() + self.max_batch_wait
         while True:
             status = self._with_retries(lambda: self._sdk.messages.batches.retrieve(batch_id), "batches.retrieve")
             if not status.ok:
-                return self._fail_all(ids, f"batch {batch_id} status unavailable: {status.reason}")
+                reason = f"batch {batch_id} status unavailable: {status.reason}"
+                return _BatchOutcome(self._fail_all(entry.ids, reason), settled=False)
             if _value(status).processing_status == "ended":
                 break
             if time.monotonic() > deadline:
-                return self._fail_all(ids, f"batch {batch_id} did not end within {self.max_batch_wait:.0f}s")
+                reason = f"batch {batch_id} did not end within {self.max_batch_wait:.0f}s (a rerun resumes it)"
+                return _BatchOutcome(self._fail_all(entry.ids, reason), settled=False)
             self._sleep(self.poll_interval)
         fetched = self._with_retries(lambda: list(self._sdk.messages.batches.results(batch_id)), "batches.results")
         if not fetched.ok:
-            return self._fail_all(ids, f"batch {batch_id} results unavailable: {fetched.reason}")
+            reason = f"batch {batch_id} results unavailable: {fetched.reason}"
+            return _BatchOutcome(self._fail_all(entry.ids, reason), settled=False)
         out: dict[str, Completion] = {}
-        wanted = set(ids)
-        for entry in _value(fetched):
-            cid = getattr(entry, "custom_id", None)
-            if cid not in wanted or cid in out:
-                continue
-            out[cid] = self._batch_item(entry.result)
-        for cid in ids:
+        for item in _value(fetched):
+            cid = getattr(item, "custom_id", None)
+            if isinstance(cid, str) and cid not in out:
+                out[cid] = self._batch_item(item.result)
+        if not entry.verified:
+            if set(out) != set(entry.ids):
+                return None
+            entry.verified = True
+            self._journal.save(entry)
+        for cid in entry.ids:
             if cid not in out:
                 out[cid] = Completion.failure(
                     "api", f"missing from batch {batch_id} results", client=self.name, model=self.model, batch=True
                 )
-        self._journal.remove(ids)
-        return out
+        return _BatchOutcome(out, settled=True)
 
     def _batch_item(self, result: Any) -> Completion:
         kind = getattr(result, "type", "unknown")
+        error_kind = "api"
         if kind == "succeeded":
             try:
                 return self._to_completion(result.message, batch=True)
@@ -415,9 +689,11 @@ class AnthropicClient:
             detail = getattr(getattr(result, "error", None), "error", None)
             etype, emsg = getattr(detail, "type", "error"), getattr(detail, "message", "")
             reason = self._redact(f"batch item errored: {etype}" + (f": {emsg}" if emsg else ""))[:300]
-        else:
+            if etype in REJECTED_ERROR_TYPES:
+                error_kind = "rejected"
+        else:  # expired, canceled: nothing wrong with the request, ask again
             reason = f"batch item {kind}"
-        return Completion.failure("api", reason, client=self.name, model=self.model, batch=True, cost_usd=None)
+        return Completion.failure(error_kind, reason, client=self.name, model=self.model, batch=True, cost_usd=None)
 
     # ---------------------------------------------------------------- judging
 
@@ -431,7 +707,7 @@ class AnthropicClient:
         if len(choices) != 2:
             raise ValueError("stated probabilities support exactly two choices (no, yes)")
         bodies = [
-            self.request_params(p, GenParams(max_tokens=64 + 24 * p.n_items), ANSWERS_SCHEMA) for p in prompts
+            self.request_params(p, GenParams(max_tokens=judge_max_tokens(p.n_items)), ANSWERS_SCHEMA) for p in prompts
         ]
 
         def convert(i: int, c: Completion) -> AnswerProbabilities:

@@ -1,10 +1,12 @@
-"""The client interface shared by every explainer/judge backend, and the default choice.
+"""The client interface shared by every explainer/judge backend, and its shared types.
 
 Why a protocol: the explainer and scorers are written once against :class:`Client`; the
 Anthropic API (:mod:`.anthropic_client`), a local HuggingFace model (:mod:`.local_client`) and
 the response cache (:class:`randsae.autointerp.cache.CachedClient`, a wrapper with the same
 interface) are interchangeable. Every result carries the client name and model that produced
-it, so a DuckDB row always says which judge it came from.
+it, so a DuckDB row always says which judge it came from. The factory that picks a backend
+from a config lives in :mod:`.factory`: it imports the backends, which import this module, so
+keeping it here would tie the protocol and every backend into one import cycle.
 
 Two ways to get answer probabilities, named by ``probability_mode``:
 
@@ -16,20 +18,47 @@ Two ways to get answer probabilities, named by ``probability_mode``:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from randsae.autointerp.types import Prompt
 
 ProbabilityMode = Literal["logprobs", "stated"]
 
-#: Failure kinds. "api" failures (transport, HTTP errors after retries, batch item errors) are
-#: transient: they are recorded but not cached, so a rerun tries again. The others describe a
-#: response that did arrive (the call was paid for) and are cached like successes.
+#: What a failed call means, decided here and nowhere else (:func:`failure_class`):
+#:
+#: - ``transient``: a retry could fix it (HTTP 429/5xx/529, timeouts, connection errors,
+#:   malformed bodies, batch items errored by the server, expired or cancelled, a failed local
+#:   forward). Never cached and never published: the stage fails after the client's retries,
+#:   and the rerun asks again for exactly these calls.
+#: - ``answer``: the model (or the API, about this very request) answered, and asking again
+#:   would most likely give the same: a refusal, an empty or unparseable reply, HTTP 400. Kept
+#:   in the artifact and counted. Refusals and unusable replies were paid for and are cached;
+#:   a rejected request (``rejected``, HTTP 400/413/422) cost nothing and is not.
+#: - ``truncated``: the reply was cut at ``max_tokens`` (or the context window), often because
+#:   thinking took the budget. Kept, counted and reported as such, never cached (a rerun with
+#:   a larger budget asks again).
+FailureClass = Literal["ok", "transient", "answer", "truncated"]
+
 TRANSIENT_FAILURES = frozenset({"api"})
+#: Failures kept in the artifact; ``no_input`` is a latent with nothing to send (no examples).
+ANSWER_FAILURES = frozenset({"refusal", "empty", "parse", "rejected", "no_input"})
+TRUNCATED_FAILURES = frozenset({"truncated"})
+#: Failures stored in the response cache (paid-for answers that would likely repeat).
+CACHED_FAILURES = frozenset({"refusal", "empty", "parse"})
+
+
+def failure_class(error_kind: str) -> FailureClass:
+    """The class of a failure kind (``""`` is success). An unknown kind is transient: a failure
+    nobody classified must never be published as a result."""
+    if not error_kind:
+        return "ok"
+    if error_kind in ANSWER_FAILURES:
+        return "answer"
+    if error_kind in TRUNCATED_FAILURES:
+        return "truncated"
+    return "transient"
 
 
 @dataclass(frozen=True)
@@ -77,8 +106,9 @@ class Completion:
     """One model response, or a recorded failure (``ok=False``, ``error_kind`` and ``reason``).
 
     ``error_kind``: "" on success; "api" (transport/HTTP/batch-item error after retries),
-    "refusal", "empty", "parse" (a response arrived but is unusable). ``reason`` never
-    contains secrets. ``cached``: served from the response cache (cost of this call: 0).
+    "rejected" (HTTP 400: the API refused this request), "refusal", "empty", "parse" (a
+    response arrived but is unusable), "truncated" (cut at ``max_tokens``); its class is
+    :func:`failure_class`. ``reason`` never contains secrets. ``cached``: served from the response cache (cost of this call: 0).
     """
 
     text: str
@@ -95,8 +125,14 @@ class Completion:
     cached: bool = False
 
     @property
+    def failure_class(self) -> FailureClass:
+        return failure_class(self.error_kind)
+
+    @property
     def cacheable(self) -> bool:
-        return self.error_kind not in TRANSIENT_FAILURES
+        """Successes and paid-for answers that would repeat; never a transient, truncated or
+        rejected call (see :data:`FailureClass`)."""
+        return not self.error_kind or self.error_kind in CACHED_FAILURES
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -189,53 +225,3 @@ class Client(Protocol):
 def client_identity(client: Client) -> dict[str, str]:
     """What a result records about its judge."""
     return {"client": client.name, "model": client.model}
-
-
-def _autointerp_section(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
-    section = cfg.get("autointerp")
-    return section if isinstance(section, Mapping) else cfg
-
-
-def choose_client_kind(cfg: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str:
-    """``"anthropic"`` or ``"local"`` from ``autointerp.client`` (auto: Anthropic exactly when
-    ANTHROPIC_API_KEY is set). Only the variable's presence is read here, never its value."""
-    env = os.environ if env is None else env
-    kind = _autointerp_section(cfg).get("client", "auto")
-    if kind == "auto":
-        return "anthropic" if env.get("ANTHROPIC_API_KEY") else "local"
-    if kind not in ("anthropic", "local"):
-        raise ValueError(f"autointerp.client must be auto, anthropic or local, not {kind!r}")
-    return str(kind)
-
-
-def default_client(
-    cfg: Mapping[str, Any],
-    *,
-    cache_dir: str | Path | None = None,
-    env: Mapping[str, str] | None = None,
-    **kwargs: Any,
-) -> Client:
-    """The client a config asks for (``cfg`` is the whole config or its autointerp section).
-
-    ``cache_dir``: wrap the client in the response cache there (and, for Anthropic, keep the
-    batch journal beside it). ``kwargs`` go to the client's constructor (e.g. ``mode="batch"``
-    for Anthropic, ``batch_size=`` for local).
-    """
-    ai = _autointerp_section(cfg)
-    kind = choose_client_kind(cfg, env)
-    client: Client
-    if kind == "anthropic":
-        from randsae.autointerp.anthropic_client import DEFAULT_MODEL, AnthropicClient
-
-        if cache_dir is not None:
-            kwargs.setdefault("journal_dir", Path(cache_dir) / "batch-journal")
-        client = AnthropicClient(model=ai.get("anthropic_model") or DEFAULT_MODEL, env=env, **kwargs)
-    else:
-        from randsae.autointerp.local_client import LocalClient
-
-        client = LocalClient(ai.get("local_model") or "smollm2-135m", **kwargs)
-    if cache_dir is not None:
-        from randsae.autointerp.cache import CachedClient, ResponseCache
-
-        client = CachedClient(client, ResponseCache(cache_dir))
-    return client

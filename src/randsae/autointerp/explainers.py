@@ -34,6 +34,8 @@ class ExplanationResult:
     cost_usd: float | None = 0.0
     cached: bool = False
     raw: str = ""
+    #: The failure's kind ("" on success; see :func:`randsae.autointerp.clients.failure_class`).
+    error_kind: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,12 +90,14 @@ class LLMExplainer:
             "raw": c.text,
         }
         if not bundle.explainer:
-            return ExplanationResult(bundle.latent, "", False, "no explainer examples", **meta)
+            return ExplanationResult(bundle.latent, "", False, "no explainer examples", error_kind="no_input", **meta)
         if not c.ok:
-            return ExplanationResult(bundle.latent, "", False, f"{c.error_kind}: {c.reason}", **meta)
+            return ExplanationResult(bundle.latent, "", False, f"{c.error_kind}: {c.reason}", error_kind=c.error_kind,
+                                     **meta)
         parsed = parse_explanation(c.text, prefilled=prefill, max_chars=self.max_chars)
         if not parsed.ok:
-            return ExplanationResult(bundle.latent, "", False, f"{parsed.kind}: {parsed.reason}", **meta)
+            return ExplanationResult(bundle.latent, "", False, f"{parsed.kind}: {parsed.reason}",
+                                     error_kind=parsed.kind or "parse", **meta)
         return ExplanationResult(bundle.latent, parsed.value, True, **meta)
 
 
@@ -123,7 +127,7 @@ class TokenListExplainer:
             tokens = self.top_tokens(b)
             if not tokens:
                 out.append(ExplanationResult(b.latent, "", False, "no activating tokens", explainer=self.name,
-                                             client="none", model="token_list"))
+                                             client="none", model="token_list", error_kind="no_input"))
                 continue
             text = "the tokens " + ", ".join(f'"{t}"' for t in tokens)
             out.append(ExplanationResult(b.latent, text, True, explainer=self.name, client="none", model="token_list"))

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from randsae.autointerp.types import Example, Prompt
+from randsae.enums import DETECTION, FUZZING
 
 PROMPT_VERSION = 1
 
@@ -271,7 +272,7 @@ _FUZZING = _Task(
     ),
 )
 
-TASKS = {"detection": _DETECTION, "fuzzing": _FUZZING}
+TASKS = {DETECTION: _DETECTION, FUZZING: _FUZZING}
 
 
 def _examples_block(texts: Sequence[str]) -> str:
@@ -354,7 +355,7 @@ def detection_prompt(
     explanation: str, examples: Sequence[Example], mode: str, n_demos: int | None = None
 ) -> Prompt:
     texts = [render_tokens(ex.tokens) for ex in examples]
-    return scorer_prompt("detection", explanation, texts, mode, n_demos)
+    return scorer_prompt(DETECTION, explanation, texts, mode, n_demos)
 
 
 def fuzzing_prompt(
@@ -365,4 +366,4 @@ def fuzzing_prompt(
     n_demos: int | None = None,
 ) -> Prompt:
     texts = [render_tokens(ex.tokens, hl) for ex, hl in zip(examples, highlights, strict=True)]
-    return scorer_prompt("fuzzing", explanation, texts, mode, n_demos)
+    return scorer_prompt(FUZZING, explanation, texts, mode, n_demos)

@@ -25,6 +25,8 @@ class RetryDecision:
     retryable: bool
     reason: str
     retry_after: float | None = None
+    #: the failure kind a call that ends here records (:func:`randsae.autointerp.clients.failure_class`)
+    kind: str = "api"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Outcome(Generic[T]):
     ok: bool
     reason: str
     attempts: int
+    kind: str = ""
 
 
 def call_with_retries(
@@ -86,9 +89,9 @@ def call_with_retries(
         except Exception as err:  # noqa: BLE001 - every failure becomes a recorded outcome
             decision = classify(err)
         if not decision.retryable or attempt == policy.max_attempts:
-            return Outcome(None, False, decision.reason, attempt)
+            return Outcome(None, False, decision.reason, attempt, decision.kind)
         wait = policy.delay(attempt, decision.retry_after, rng)
         if on_retry is not None:
             on_retry(attempt, decision, wait)
         sleep(wait)
-    return Outcome(None, False, decision.reason, policy.max_attempts)  # pragma: no cover
+    return Outcome(None, False, decision.reason, policy.max_attempts, decision.kind)  # pragma: no cover

@@ -34,6 +34,7 @@ from randsae.autointerp.clients import AnswerProbabilities, Client, Usage
 from randsae.autointerp.prompts import detection_prompt, fuzzing_prompt
 from randsae.autointerp.stats import ScoreSummary, summarize
 from randsae.autointerp.types import Example, LatentExamples, Prompt
+from randsae.enums import DETECTION, FUZZING, SCORERS
 
 OWN, CONTROL = "own", "control"
 
@@ -79,6 +80,10 @@ class LatentScore:
     n_failed_prompts: int = 0
     ok: bool = True
     reason: str = ""
+    #: (error_kind, reason) of each failed prompt, for the stage's failure accounting.
+    failures: tuple[tuple[str, str], ...] = ()
+    #: prompts answered from randsae's response cache (no API call this run)
+    n_cached_prompts: int = 0
 
     @property
     def labels(self) -> list[bool]:
@@ -197,12 +202,15 @@ class _LLMScorer:
         rows: list[ExampleScore] = []
         usage = Usage()
         cost: float | None = 0.0
-        failed = 0
+        failures: list[tuple[str, str]] = []
+        cached = 0
         for g, (group, ans) in enumerate(zip(groups, answers, strict=True)):
             c = ans.completion
             usage = usage + c.usage
             cost = None if cost is None or c.cost_usd is None else cost + c.cost_usd
-            failed += not c.ok
+            cached += c.cached
+            if not c.ok:
+                failures.append((c.error_kind or "api", c.reason))
             ident = {"client": c.client or self.client.name, "model": c.model or self.client.model}
             for j, item in enumerate(group):
                 p = ans.p(j) if j < len(ans.probs) else None
@@ -214,7 +222,8 @@ class _LLMScorer:
                 ))
         rows.sort(key=lambda r: r.index)
         return LatentScore(**base, **ident, examples=tuple(rows), usage=usage, cost_usd=cost,
-                           n_prompts=len(groups), n_failed_prompts=failed)
+                           n_prompts=len(groups), n_failed_prompts=len(failures), failures=tuple(failures),
+                           n_cached_prompts=cached)
 
 
 def _indexed(bundle: LatentExamples) -> list[tuple[int, Example, bool]]:
@@ -226,7 +235,7 @@ def _indexed(bundle: LatentExamples) -> list[tuple[int, Example, bool]]:
 class DetectionScorer(_LLMScorer):
     """Whole-window judgement (see the module docstring)."""
 
-    name = "detection"
+    name = DETECTION
 
     def items(self, bundle: LatentExamples) -> list[_Item]:
         return [_Item(ex, label, i) for i, ex, label in _indexed(bundle)]
@@ -240,7 +249,7 @@ class DetectionScorer(_LLMScorer):
 class FuzzingScorer(_LLMScorer):
     """Marked-token judgement, delphi "default" mode (see the module docstring)."""
 
-    name = "fuzzing"
+    name = FUZZING
 
     def items(self, bundle: LatentExamples) -> list[_Item]:
         rng = self._rng(bundle.latent)
@@ -265,6 +274,21 @@ class FuzzingScorer(_LLMScorer):
             self.client.probability_mode,
             self.n_demos,
         )
+
+
+#: Scorer name (config ``autointerp.scorers``, the score stage's ``scorer`` parameter) -> class.
+#: The names themselves are defined in :mod:`randsae.enums`; this maps each to its code.
+SCORER_CLASSES: dict[str, type[_LLMScorer]] = {cls.name: cls for cls in (DetectionScorer, FuzzingScorer)}
+if tuple(SCORER_CLASSES) != SCORERS:  # pragma: no cover - a guard for whoever adds a scorer
+    raise RuntimeError(f"scorer classes {tuple(SCORER_CLASSES)} do not match randsae.enums.SCORERS {SCORERS}")
+
+
+def scorer_class(name: str) -> type[_LLMScorer]:
+    """The scorer class registered under ``name``."""
+    try:
+        return SCORER_CLASSES[name]
+    except KeyError:
+        raise ValueError(f"unknown scorer {name!r}; known: {', '.join(SCORER_CLASSES)}") from None
 
 
 def control_assignment(latents: Sequence[int], seed: int = 0) -> dict[int, int]:

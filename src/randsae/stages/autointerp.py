@@ -3,35 +3,50 @@ fuzzing scores of those explanations (with a random-explanation control).
 
 Every LLM response goes through the response cache in ``<store>/.llm-cache`` (shared by all
 artifacts and kept by ``store gc``), so an interrupted job resumes without repeating
-finished calls. Output Parquet schemas (docs/results.md):
+finished calls. Output Parquet files, each written through its typed row schema in
+:mod:`randsae.autointerp.schema` (docs/autointerp.md, "Output files"):
 
-- explain: explanations.parquet (latent, explanation, ok, reason, explainer, client, model,
-  input_tokens, output_tokens, cache_read_tokens, cost_usd) and usage.parquet
-- score: scores.parquet (one row per judged example) and usage.parquet
+- explain: explanations.parquet (``ExplanationRow``) and usage.parquet (``UsageRow``)
+- score: scores.parquet (``ScoreRow``, one row per judged example) and usage.parquet
+
+A transient failure is never a finished artifact: when any call still fails in a way a retry
+could fix (:func:`randsae.autointerp.clients.failure_class`), the job raises
+:class:`~randsae.autointerp.outcomes.TransientLLMFailures` before writing anything, so nothing
+is published and the rerun asks again for those calls only. The published artifact's
+meta.json ``info`` says how many calls were made, cached, failed (by class) and truncated, and
+the prompt-cache hit rate.
+
+Execution settings (``execution.explain`` / ``execution.score``, never in a key):
+``anthropic_batch`` (default true: the Message Batches API at half price; false: the Messages
+API), ``llm_max_attempts`` and ``llm_retry_base_s`` (the client's retry policy) and
+``batch_poll_s`` (seconds between batch status polls).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from randsae.stages import StageContext
+from randsae.stage import StageContext
+
+log = logging.getLogger(__name__)
 
 LLM_CACHE = ".llm-cache"
-USAGE_COLUMNS = ("stage", "latent", "client", "model", "input_tokens", "output_tokens",
-                 "cache_read_tokens", "cache_write_tokens", "cost_usd", "cached")
 
 
-def _write(rows: list[dict[str, Any]], path: Path, columns: tuple[str, ...] | None = None) -> None:
-    if columns is not None:
-        rows = [{c: r.get(c) for c in columns} for r in rows]
-    table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.null()) for c in (columns or ())})
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+def client_kwargs(params: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of the job's client from its execution settings (how, not what:
+    none of them changes an answer, so none is in a key or in the response cache's key)."""
+    from randsae.autointerp.retry import RetryPolicy
+
+    if params["client"] != "anthropic":
+        return {}
+    retry = RetryPolicy(max_attempts=int(settings.get("llm_max_attempts", 6)),
+                        base_delay=float(settings.get("llm_retry_base_s", 1.0)))
+    return {"mode": "batch" if settings.get("anthropic_batch", True) else "messages", "retry": retry,
+            "poll_interval": float(settings.get("batch_poll_s", 30.0))}
 
 
 def _client(ctx: StageContext):
@@ -39,58 +54,84 @@ def _client(ctx: StageContext):
 
     # a packaged judge (SmolLM2 GGUF) is converted once per store, not once per job
     kwargs: dict[str, Any] = {"convert_dir": ctx.store.root / ".llm-models"} if ctx.params["client"] == "local" else {}
+    kwargs.update(client_kwargs(ctx.params, ctx.settings))
     return default_client({"autointerp": ctx.params}, cache_dir=ctx.store.root / LLM_CACHE, **kwargs)
 
 
-def _usage_row(stage: str, latent: int, client: str, model: str, usage: Any, cost: float | None, cached: bool) -> dict[str, Any]:
-    return {"stage": stage, "latent": latent, "client": client, "model": model,
-            "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-            "cache_read_tokens": usage.cache_read_tokens, "cache_write_tokens": usage.cache_write_tokens,
-            "cost_usd": cost, "cached": cached}
+def _account(ctx: StageContext, stage: str, summary: Any, client: Any | None) -> None:
+    """Refuse to publish on a transient failure; otherwise record and log the summary."""
+    from randsae.autointerp.outcomes import check_publishable, warnings_for
+
+    log.info("%s %s: %d LLM calls (%d cached), %d failed (%d transient, %d answers, %d truncated)", stage,
+             ctx.name, summary.calls, summary.cached, summary.failed, summary.transient, summary.answer,
+             summary.truncated)
+    check_publishable(f"{stage} {ctx.name}", summary)
+    inner = getattr(client, "inner", client)
+    notes = warnings_for(stage, summary, prompt_caching=bool(getattr(inner, "prompt_caching", False)))
+    unpriced = getattr(inner, "unpriced_warning", None)
+    if unpriced:
+        notes.append(unpriced)
+    for note in notes:
+        log.warning("%s", note)
+    ctx.info.update(summary.to_info())
+    if notes:
+        ctx.info["warnings"] = notes
 
 
 def run_explain(ctx: StageContext) -> None:
     from randsae.autointerp import LLMExplainer, TokenListExplainer
+    from randsae.autointerp.outcomes import summarize_explanations
+    from randsae.autointerp.schema import (
+        EXPLANATIONS_FILE,
+        USAGE_FILE,
+        ExplanationRow,
+        UsageRow,
+        explain_usage_rows,
+        explanation_rows,
+    )
     from randsae.examples import load_examples
+    from randsae.rows import write_rows
 
     bundles = load_examples(ctx.inputs["examples"])
-    explainer = TokenListExplainer() if ctx.params["explainer"] == "token_list" else LLMExplainer(_client(ctx))
+    client = None if ctx.params["explainer"] == "token_list" or not bundles else _client(ctx)
+    explainer = TokenListExplainer() if client is None else LLMExplainer(client)
     results = explainer.explain(bundles) if bundles else []
-    rows = [{"latent": r.latent, "explanation": r.explanation, "ok": r.ok, "reason": r.reason,
-             "explainer": r.explainer, "client": r.client, "model": r.model,
-             "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
-             "cache_read_tokens": r.usage.cache_read_tokens, "cost_usd": r.cost_usd} for r in results]
-    _write(rows, ctx.workdir / "explanations.parquet",
-           ("latent", "explanation", "ok", "reason", "explainer", "client", "model",
-            "input_tokens", "output_tokens", "cache_read_tokens", "cost_usd"))
-    usage = [_usage_row("explain", r.latent, r.client, r.model, r.usage, r.cost_usd, r.cached) for r in results]
-    _write(usage, ctx.workdir / "usage.parquet", USAGE_COLUMNS)
+    _account(ctx, "explain", summarize_explanations(results), client)
+    write_rows(ExplanationRow, explanation_rows(results), ctx.workdir / EXPLANATIONS_FILE)
+    write_rows(UsageRow, explain_usage_rows(results), ctx.workdir / USAGE_FILE)
     ctx.info.update({"n_latents": len(results), "n_ok": sum(r.ok for r in results),
                      "failures": sorted({r.reason for r in results if not r.ok})[:10]})
 
 
 def run_score(ctx: StageContext) -> None:
-    from randsae.autointerp import DetectionScorer, FuzzingScorer, score_latents
+    from randsae.autointerp import score_latents, scorer_class
+    from randsae.autointerp.outcomes import summarize_scores
+    from randsae.autointerp.schema import (
+        EXPLANATIONS_FILE,
+        SCORES_FILE,
+        USAGE_FILE,
+        ScoreRow,
+        UsageRow,
+        score_rows,
+        score_usage_rows,
+    )
     from randsae.examples import load_examples
+    from randsae.rows import write_rows
 
     p = ctx.params
     bundles = load_examples(ctx.inputs["examples"])
-    table = pq.read_table(ctx.inputs["explain"] / "explanations.parquet").to_pylist()
+    table = pq.read_table(ctx.inputs["explain"] / EXPLANATIONS_FILE).to_pylist()
     explanations = {r["latent"]: r["explanation"] for r in table if r["ok"] and r["explanation"]}
-    scorer_cls = DetectionScorer if p["scorer"] == "detection" else FuzzingScorer
+    scorer_cls = scorer_class(p["scorer"])
     scores = []
+    client = None
     if bundles and explanations:
-        scorer = scorer_cls(_client(ctx), examples_per_prompt=p["examples_per_prompt"], seed=p["seed"])
+        client = _client(ctx)
+        scorer = scorer_cls(client, examples_per_prompt=p["examples_per_prompt"], seed=p["seed"])
         scores = score_latents(scorer, bundles, explanations, control=True, seed=p["seed"])
-    rows = [{"latent": e.latent, "scorer": e.scorer, "explanation_source": e.explanation_source,
-             "explanation_latent": e.explanation_latent, "example_id": e.index, "activating": e.label,
-             "quantile": e.quantile, "probability": e.probability, "prediction": e.prediction,
-             "ok": e.ok, "reason": e.reason, "client": e.client, "model": e.model}
-            for s in scores for e in s.examples]
-    _write(rows, ctx.workdir / "scores.parquet",
-           ("latent", "scorer", "explanation_source", "explanation_latent", "example_id", "activating",
-            "quantile", "probability", "prediction", "ok", "reason", "client", "model"))
-    usage = [_usage_row("score", s.latent, s.client, s.model, s.usage, s.cost_usd, False) for s in scores]
-    _write(usage, ctx.workdir / "usage.parquet", USAGE_COLUMNS)
+    _account(ctx, "score", summarize_scores(scores), client)
+    rows = score_rows(scores)
+    write_rows(ScoreRow, rows, ctx.workdir / SCORES_FILE)
+    write_rows(UsageRow, score_usage_rows(scores), ctx.workdir / USAGE_FILE)
     ctx.info.update({"n_latents_scored": len({s.latent for s in scores}), "n_examples": len(rows),
-                     "n_failed_examples": sum(not r["ok"] for r in rows)})
+                     "n_failed_examples": sum(not r.ok for r in rows)})
