@@ -35,9 +35,14 @@ def link_existing_artifacts():
     (built by an earlier run, or by another pipeline on the same store), so no job runs
     for it. Plan order is topological, so links are made upstream first and an input's
     link is never newer than its consumer's."""
-    for a in PLAN.implemented():
+    for a in PLAN:
         link = artifact_link(a)
-        if not os.path.lexists(link) and STORE_NOW.exists(a.stage, a.key):
+        done = STORE_NOW.exists(a.stage, a.key)
+        if os.path.islink(link) and not done:
+            # gone, or broken (a directory without meta.json, which a link would still show
+            # as a finished output): drop the link so Snakemake rebuilds it
+            os.unlink(link)
+        elif done and not os.path.lexists(link):
             STORE_NOW.link(link)
 
 
@@ -60,11 +65,22 @@ def stage_spec(stage):
     return spec
 
 
-# stage -> default resources of its generic rule; each family's .smk adds its stages
-STAGE_RESOURCES = {}
-
-BUILD_CMD = f"{shlex.quote(PY)} -m randsae build --store {shlex.quote(STORE)} --threads {{threads}} --spec {{params.spec}} --link {{output}} > {{log}} 2>&1"
-
 # Every job sets torch's thread count to its rule's threads: CPU results are bitwise
 # reproducible only for a fixed thread count. Profiles change it with set-threads.
 DEFAULT_THREADS = 2
+
+
+def family_resources(family, defaults):
+    """Resources a profile sets for a rule family (set-resources: <family>: ...), applied
+    to generated rules whose names carry a suffix."""
+    settings = getattr(workflow, "resource_settings", None)
+    parsed = getattr(settings, "_parsed_overwrite_resources", {}) or {}
+    return {**defaults, **{k: v.raw if hasattr(v, "raw") else v for k, v in parsed.get(family, {}).items()}}
+
+
+def family_threads(family, default):
+    """Threads a profile sets for a rule family (set-threads: <family>: N)."""
+    settings = getattr(workflow, "resource_settings", None)
+    parsed = getattr(settings, "_parsed_overwrite_threads", {}) or {}
+    value = parsed.get(family, default)
+    return int(getattr(value, "raw", value))

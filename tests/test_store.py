@@ -16,6 +16,7 @@ import yaml
 from _helpers import tiny_config
 
 from randsae.config import normalise
+from randsae.inputs import pin_inputs
 from randsae.plan import build_plan
 from randsae.store import Store
 
@@ -123,11 +124,11 @@ def test_verify_names_tampered_and_missing_files(tmp_path):
     assert res.returncode == 1 and "MISMATCH" in res.stdout
 
 
-def test_gc_removes_only_unreferenced(tmp_path):
-    cfg = tiny_config(tmp_path / "m", tmp_path / "store")
+def test_gc_removes_only_unreferenced(tmp_path, tiny_model_dir):
+    cfg = tiny_config(tiny_model_dir, tmp_path / "store")
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
-    plan = build_plan(normalise(cfg))
+    plan = build_plan(pin_inputs(normalise(cfg)))  # what the command plans (local inputs pinned)
     store = Store(tmp_path / "store")
     keep = plan.stage("tokens")[0]
     for s in (keep.spec(), {**spec(), "key": "f" * 20}):
@@ -144,11 +145,11 @@ def test_gc_removes_only_unreferenced(tmp_path):
     assert not store.partial_path("tokens", "e" * 20).exists()
 
 
-def test_store_path_and_ls(tmp_path):
-    cfg = tiny_config(tmp_path / "m", tmp_path / "store")
+def test_store_path_and_ls(tmp_path, tiny_model_dir):
+    cfg = tiny_config(tiny_model_dir, tmp_path / "store")
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
-    plan = build_plan(normalise(cfg))
+    plan = build_plan(pin_inputs(normalise(cfg)))
     a = plan.by_name["tokens/tiny/kjv/eval"]
     run = lambda *args: subprocess.run([sys.executable, "-m", "randsae", "store", *args, "--configfile", str(p)], capture_output=True, text=True)  # noqa: E731
     res = run("path", "tokens/tiny/kjv/eval")
