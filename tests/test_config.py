@@ -129,3 +129,26 @@ def test_numbers_normalise_to_float(cfg):
 
 def test_default_config_file_is_the_embedded_default():
     assert DEFAULT_CONFIG.name == "config.yaml" and DEFAULT_CONFIG.is_file()
+
+
+def test_a_duplicate_key_is_an_error_naming_it(tmp_path, cfg):
+    p = tmp_path / "dup.yaml"
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    p.write_text(text.replace("  k: 4\n", "  k: 4\n  k: 8\n") + "seed: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "dup.yaml" in msg
+    k_line = text.splitlines().index("  k: 4") + 1
+    assert f"sae.k: duplicate key (lines {k_line} and {k_line + 1}); the last one would silently win" in msg
+    assert "seed: duplicate key" in msg
+    p.write_text(text)  # the same config without the repeats loads
+    assert load_config(p)["sae"]["k"] == 4
+
+
+def test_duplicate_keys_inside_lists_and_merges(tmp_path):
+    from randsae.yaml_keys import duplicate_keys
+
+    assert duplicate_keys("a: [{x: 1, x: 2}]\n") == ["a[0].x: duplicate key (lines 1 and 1); the last one would silently win"]
+    assert duplicate_keys("base: &b {x: 1}\nother:\n  <<: *b\n  y: 2\n") == []
+    assert duplicate_keys("a: {b: 1}\nc: {b: 1}\n") == []  # equal names in different mappings

@@ -82,3 +82,77 @@ def test_pack_separates_documents_and_marks_starts():
 def test_pack_drops_partial_tail():
     p = pack(iter([[1, 2, 3, 4, 5]]), n_seq=3, ctx_len=4, eos_id=0)
     assert p.tokens.tolist() == [[1, 2, 3, 4]]
+
+
+# ----------------------------------------------------------------- input errors are clear (issue 15)
+
+
+def files(paths, fmt="jsonl", **kw):
+    return {"kind": "files", "paths": [str(p) for p in paths], "format": fmt, **kw}
+
+
+def test_a_file_mostly_not_utf8_is_an_error_naming_it(tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e, d\u00e9j\u00e0 vu.".encode("latin-1"))
+    with pytest.raises(CorpusError, match=r"latin1\.txt: 6 of the 27 bytes read \(22%\) are not UTF-8 text \(invalid UTF-8 or NUL; the first at byte 3\)"):
+        docs(files([latin1], "text"))
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes("plain ascii text, but in UTF-16".encode("utf-16-le"))  # valid UTF-8, half NUL
+    with pytest.raises(CorpusError, match=r"utf16\.txt: .* \(50%\) are not UTF-8 text"):
+        docs(files([utf16], "text"))
+    binary = tmp_path / "blob.jsonl"
+    binary.write_bytes(bytes(range(256)) * 400)
+    with pytest.raises(CorpusError, match=r"blob\.jsonl:1: not valid JSON"):
+        docs(files([binary]))
+    rows = tmp_path / "latin1.jsonl"  # valid JSON rows in the wrong encoding: judged once 64 KiB are read
+    rows.write_bytes(b"".join(json.dumps({"text": f"caf\u00e9 {i}"}, ensure_ascii=False).encode("latin-1") + b"\n"
+                              for i in range(10_000)))
+    seen = []
+    with pytest.raises(CorpusError, match=r"latin1\.jsonl: \d+ of the \d+ bytes read \(5%\) are not UTF-8 text"):
+        for d in iter_documents(files([rows]), shuffle_seed=0, shuffle_buffer=1, max_doc_chars=1000, stats=CorpusStats()):
+            seen.append(d)
+    assert 0 < len(seen) < 10_000  # stopped part-way, not at the end of the file
+
+
+def test_a_few_bad_bytes_are_decoded_counted_and_logged(tmp_path, caplog):
+    p = tmp_path / "mostly.txt"
+    p.write_bytes(b"good text " * 20 + b"\xff")  # 1 bad byte in 201: under 1%
+    with caplog.at_level("WARNING", logger="randsae"):
+        out, stats = docs(files([p], "text"))
+    assert out == [("good text " * 20) + "\ufffd"] and stats.docs_non_utf8 == 1
+    assert "mostly.txt: 1 of 201 bytes are not UTF-8 text" in caplog.text
+
+
+def test_decoding_matches_python_replace_exactly(tmp_path):
+    from randsae.corpus import _decode_counted
+
+    for raw in (b"ok", b"\xff\xfeab\xc3", b"a\xe2\x82b\xf0\x9f\x98\x80c\xed\xa0\x80", bytes(range(200, 256))):
+        text, bad, first = _decode_counted(raw, CorpusStats())
+        assert text == raw.decode("utf-8", errors="replace")
+        assert (bad == 0) == (first == -1) == (text == raw.decode("utf-8", errors="ignore"))
+
+
+@pytest.mark.parametrize(("line", "kind"), [(b"5", "int"), (b"[1, 2]", "list"), (b'"text"', "str"), (b"null", "NoneType")])
+def test_rows_that_are_not_objects_name_file_and_line(tmp_path, line, kind):
+    p = tmp_path / "rows.jsonl"
+    p.write_bytes(b'{"text": "fine"}\n' + line + b"\n")
+    with pytest.raises(CorpusError, match=rf"rows\.jsonl:2: a row must be a JSON object with the field 'text'; got a {kind}"):
+        docs(files([p]))
+
+
+def test_a_directory_and_a_file_that_is_not_parquet(tmp_path):
+    with pytest.raises(CorpusError, match=r"is a directory; list the files in it"):
+        docs(files([tmp_path], "text"))
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("this is not parquet")
+    with pytest.raises(CorpusError, match=r"fake\.parquet: not a Parquet file"):
+        docs(files([fake], "parquet"))
+
+
+def test_shuffle_buffer_applies_to_files(tmp_path):
+    p = tmp_path / "many.jsonl"
+    p.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(200)))
+    small, _ = docs(files([p]), buffer=1)
+    big, _ = docs(files([p]), buffer=1000)
+    assert small == [f"doc {i}" for i in range(200)]  # a buffer of one document keeps the file order
+    assert big != small and sorted(big) == sorted(small)

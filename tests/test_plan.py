@@ -177,3 +177,23 @@ def test_plan_json(tmp_path):
     data = json.loads(out)
     assert data["jobs"]["model"] == 5
     assert {a["stage"] for a in data["artifacts"]} >= {"model", "tokens", "sae"}
+
+
+# Keys of the default config's model and tokens artifacts before local inputs were pinned to
+# their contents (randsae issue 15): packaged and hub sources must keep them exactly.
+DEFAULT_KEYS = {
+    "model/smollm2-135m/trained": "5964ebf7f1946179fdcb",
+    "model/smollm2-135m/step0": "67ef6c4a1401011a9e56",
+    "model/smollm2-135m/rerandomized": "e7442b5644e7c4331455",
+    "model/smollm2-135m/rerandomized_no_embed": "136732a839d8f92c43bc",
+    "model/smollm2-135m/control": "004fd776d6663625c841",
+    "tokens/smollm2-135m/kjv/eval": "088d2deb170f74f96947",
+    "tokens/smollm2-135m/kjv/interp": "275485988f8b2aad39a0",
+    "tokens/smollm2-135m/kjv/train": "b0f185f78ffc0ac001ea",
+}
+
+
+def test_default_model_and_tokens_keys_are_unchanged(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "randsae", "plan", "--json"], capture_output=True, text=True, check=True).stdout
+    got = {a["name"]: a["key"] for a in json.loads(out)["artifacts"] if a["stage"] in ("model", "tokens")}
+    assert got == DEFAULT_KEYS

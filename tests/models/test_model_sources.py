@@ -56,6 +56,23 @@ def test_bad_specs_fail_early(spec, message):
         validate_source(spec)
 
 
+def test_a_pinned_source_loads_as_its_path(neox_dir):
+    """randsae.inputs writes a content fingerprint into local and gguf sources; loading ignores it."""
+    pinned = {"kind": "local", "path": str(neox_dir), "fingerprint": "sha256:" + "0" * 64}
+    assert validate_source(pinned) == pinned
+    model = load_model(pinned)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), make_trained(neox_config(), seed=0).parameters()))
+    with pytest.raises(ModelSourceError, match="unexpected keys"):
+        validate_source({"kind": "hub", "id": "x/y", "fingerprint": "sha256:" + "0" * 64})
+
+
+def test_gguf_path_that_is_a_directory_or_missing(tmp_path):
+    with pytest.raises(ModelSourceError, match="is a directory; kind gguf takes a .gguf file"):
+        load_tokenizer({"kind": "gguf", "path": str(tmp_path)})
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        load_tokenizer({"kind": "gguf", "path": str(tmp_path / "no.gguf")})
+
+
 def test_gguf_sources_have_no_revisions():
     with pytest.raises(ModelSourceError, match="no revisions"):
         with_revision({"kind": "packaged", "name": "smollm2-135m"}, "step0")

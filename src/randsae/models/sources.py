@@ -35,18 +35,23 @@ from transformers import (
     PreTrainedModel,
 )
 
+from randsae.errors import RandsaeError
+from randsae.inputs import local_revision_dir
+
 SourceSpec = dict[str, Any]
 KINDS = ("hub", "local", "gguf", "packaged")
 _REQUIRED = {"hub": ("id",), "local": ("path",), "gguf": ("path",), "packaged": ("name",)}
+# ``fingerprint``: the content fingerprint randsae.inputs writes into a pinned source (its key
+# holds it instead of the path); loading ignores it.
 _ALLOWED = {
     "hub": {"kind", "id", "revision"},
-    "local": {"kind", "path", "revision"},
-    "gguf": {"kind", "path"},
+    "local": {"kind", "path", "revision", "fingerprint"},
+    "gguf": {"kind", "path", "fingerprint"},
     "packaged": {"kind", "name"},
 }
 
 
-class ModelSourceError(RuntimeError):
+class ModelSourceError(RandsaeError, RuntimeError):
     """A model source cannot be loaded; the message says what to do about it."""
 
 
@@ -179,6 +184,8 @@ def _resolve(source: SourceSpec) -> _Resolved:
     if kind == "local":
         return _Resolved(str(_local_dir(source)), {}, is_gguf=False)
     path = Path(source["path"]) if kind == "gguf" else packaged_gguf(source["name"])
+    if path.is_dir():
+        raise ModelSourceError(f"GGUF source {path} is a directory; kind gguf takes a .gguf file (a Hub-like directory is kind local)")
     if not path.is_file():
         raise ModelSourceError(f"GGUF file {path} does not exist")
     return _Resolved(str(path.parent), {"gguf_file": path.name}, is_gguf=True)
@@ -188,9 +195,7 @@ def _local_dir(source: SourceSpec) -> Path:
     """The directory of a local source at its revision (see the module docstring)."""
     root = Path(source["path"])
     revision = source.get("revision")
-    path = root / revision if revision else root
-    if revision == "main" and not path.is_dir():
-        path = root
+    path = local_revision_dir(root, revision)
     if not (path / "config.json").is_file():
         raise ModelSourceError(
             f"local model source {root} (revision {revision or 'none'}): {path} has no "
