@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import torch
 
+from randsae.errors import RandsaeError
+
 from . import reference
 
 Backend = Literal["triton", "torch"]
@@ -37,7 +39,11 @@ CHOICES = ("auto", "triton", "torch")
 _requested = "auto"
 
 
-class KernelBackendError(RuntimeError):
+class KernelChoiceError(RandsaeError, ValueError):
+    """A backend name that is not one of CHOICES (config key execution.kernels)."""
+
+
+class KernelBackendError(RandsaeError, RuntimeError):
     """The requested kernel backend cannot run the given tensors."""
 
 
@@ -55,8 +61,8 @@ def set_backend(choice: str) -> None:
     """
     global _requested
     if not isinstance(choice, str) or choice not in CHOICES:
-        raise ValueError(
-            f"kernel backend must be one of {', '.join(repr(c) for c in CHOICES)}, got {choice!r}"
+        raise KernelChoiceError(
+            f"execution.kernels: kernel backend must be one of {', '.join(repr(c) for c in CHOICES)}, got {choice!r}"
         )
     _requested = choice
 

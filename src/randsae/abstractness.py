@@ -1,6 +1,6 @@
 """Abstractness of a latent: how much of its behaviour the current token alone explains.
 
-Three measures (DESIGN §6; definitions repeated in docs/latents.md):
+Three measures (definitions in docs/latents.md):
 
 token_entropy
     The paper's token-distribution entropy, over the latent's explainer examples: every token of

@@ -22,6 +22,10 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from randsae.enums import SCORERS, SPLITS_IN_ORDER, VARIANTS
+from randsae.errors import RandsaeError
+from randsae.yaml_keys import duplicate_keys
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "config"
 SCHEMA_PATH = CONFIG_DIR / "schema.yaml"
@@ -30,14 +34,37 @@ DEFAULT_CONFIG = CONFIG_DIR / "config.yaml"
 Config = dict[str, Any]
 
 
-class ConfigError(ValueError):
+class ConfigError(RandsaeError, ValueError):
     """A config that does not validate; the message lists every problem with its key path."""
 
 
 @functools.cache
 def schema() -> dict[str, Any]:
+    """config/schema.yaml, with the enumerations filled in from :mod:`randsae.enums`."""
     with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+        return _fill_enums(yaml.safe_load(f))
+
+
+def _fill_enums(s: dict[str, Any]) -> dict[str, Any]:
+    """Write the closed lists (variants, scorers, splits) into the schema: the YAML keeps
+    their descriptions, the lists themselves are defined once, in randsae.enums. A list the
+    YAML does give must agree, so a stale copy fails loudly instead of shadowing the code."""
+    props = s["properties"]
+    ai = props["autointerp"]["properties"]
+    filled = [
+        ("variants", props["variants"], list(VARIANTS)),
+        ("autointerp.scorers", ai["scorers"], list(SCORERS)),
+    ]
+    for where, node, names in filled:
+        for key, value in (("default", names), ("items", {"enum": names})):
+            if key in node and node[key] != value:
+                raise RuntimeError(f"{SCHEMA_PATH}: {where}.{key} is {node[key]!r}; randsae.enums gives {value!r} "
+                                   f"(leave it out of the YAML: it is filled in from randsae.enums)")
+            node[key] = value
+    splits = props["corpus"]["properties"]["splits"]
+    splits["required"] = list(SPLITS_IN_ORDER)
+    splits["properties"] = {name: {"$ref": "#/$defs/split"} for name in SPLITS_IN_ORDER}
+    return s
 
 
 def _key_path(path: Iterator[Any] | Any) -> str:
@@ -90,8 +117,31 @@ def _describe(err: ValidationError) -> str:
     return f"{where}: {err.message}"
 
 
+#: Execution settings that used to sit in their stage's section: a clear pointer, not
+#: "unknown key", for configs written before they moved to ``execution``.
+MOVED_KEYS: dict[str, str] = {
+    "activations.batch_size": "execution.activations.batch_size",
+    "activations.chunk_tokens": "execution.activations.chunk_tokens",
+    "sae.checkpoint_every_steps": "execution.sae.checkpoint_every_steps",
+    "metrics.batch_size": "execution.sae_metrics.batch_size",
+}
+
+
+def _moved_problems(cfg: Mapping[str, Any]) -> list[str]:
+    out = []
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        node = cfg.get(section)
+        if isinstance(node, Mapping) and key in node:
+            out.append(f"{old}: moved to {new} (an execution setting, in no artifact key)")
+    return out
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError listing every schema violation and cross-field problem."""
+    moved = _moved_problems(cfg)
+    if moved:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(moved))
     validator = Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     problems = [_describe(e) for e in errors]
@@ -176,16 +226,27 @@ def normalise(cfg: Mapping[str, Any], env: Mapping[str, str] | None = None) -> C
     return out
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Read a YAML config (default: config/config.yaml), validate and normalise it."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+def read_yaml(path: str | Path) -> Any:
+    """A YAML config file's contents; ConfigError when it is missing, not YAML, or gives a
+    key twice in one mapping (PyYAML would let the last one win without a word)."""
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            text = f.read()
+        raw = yaml.safe_load(text)
+        dups = duplicate_keys(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if dups:
+        raise ConfigError(f"config file {path}:\n  " + "\n  ".join(dups))
+    return raw
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read a YAML config (default: config/config.yaml), validate and normalise it."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping, got {type(raw).__name__}")
     try:

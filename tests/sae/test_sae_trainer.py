@@ -211,3 +211,19 @@ def test_chunking_changes_no_byte_of_the_sae(tmp_path, make_seq_acts, sparse_mix
     other = cfg.replace(shuffle_block_sequences=5)
     train_sae(c3, tmp_path / "b5", other, tmp_path / "ck_b5", progress=False)
     assert (tmp_path / "b5" / "sae.safetensors").read_bytes() != want
+
+
+def test_a_rerun_with_another_checkpoint_interval_resumes(tmp_path, make_acts, sparse_mixture, small_cfg):
+    """The interval is an execution setting: killed with checkpoints every 7 steps, resumed with
+    every 3, the SAE and its cfg.json equal an uninterrupted run's (issue: CheckpointMismatchError)."""
+    acts = make_acts(sparse_mixture(1500, 12, n_dirs=24), chunk=250)
+    cfg = small_cfg(expansion_factor=8, k=2, max_tokens=3000, shuffle_buffer_tokens=500, shuffle_block_sequences=250)
+    ref = train_sae(acts, tmp_path / "ref", cfg, tmp_path / "ck_ref", progress=False)
+    ck = tmp_path / "ck"
+    with pytest.raises(Killed):
+        train_sae(acts, tmp_path / "run", cfg, ck, progress=False, on_step=_kill_at(10))
+    res = train_sae(acts, tmp_path / "run", cfg.replace(checkpoint_every_steps=3), ck, progress=False)
+    assert res.resumed_from_step == 7 and res.steps == ref.steps
+    _assert_same_sae(tmp_path / "ref", tmp_path / "run")
+    assert (tmp_path / "ref" / "cfg.json").read_bytes() == (tmp_path / "run" / "cfg.json").read_bytes()
+    assert "checkpoint_every_steps" not in (tmp_path / "run" / "cfg.json").read_text()

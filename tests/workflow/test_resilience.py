@@ -29,8 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
-# Checkpoint every step, so an SAE job spends most of its time with a resumable checkpoint.
-ENV = {**os.environ, "RANDSAE_CHECKPOINT_EVERY": "1"}
+ENV = dict(os.environ)
 
 
 def resilience_config(model_dir: Path, workdir: Path, store: Path, **over) -> dict:
@@ -39,7 +38,9 @@ def resilience_config(model_dir: Path, workdir: Path, store: Path, **over) -> di
     return tiny_config(model_dir, store, **{
         "results": str(workdir / "results"),
         "corpus.splits.train.tokens": 32768,
-        "activations.chunk_tokens": 128,
+        "execution.activations.chunk_tokens": 128,
+        # checkpoint every step, so an SAE job spends most of its time with a resumable checkpoint
+        "execution.sae.checkpoint_every_steps": 1,
         "variants": ["trained"],
         **over,
     })

@@ -12,12 +12,14 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
+from randsae.errors import RandsaeError
+
 BDecInit = Literal["geometric_median", "mean"]
 ComputeDtype = Literal["float32", "bfloat16"]
 LrSchedule = Literal["linear_decay", "constant"]
 
 
-class SaeConfigError(ValueError):
+class SaeConfigError(RandsaeError, ValueError):
     """A config field has a bad type or value; the message names the field."""
 
 

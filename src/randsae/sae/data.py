@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from randsae import zarr_io
+from randsae.errors import RandsaeError
 
 # 2: blocks are whole sequences (shuffle_block_sequences), no longer the storage chunks.
 STREAM_STATE_VERSION = 2
@@ -51,7 +52,7 @@ FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 WindowKey = tuple[int, int]  # (epoch, window)
 
 
-class ActivationDataError(ValueError):
+class ActivationDataError(RandsaeError, ValueError):
     """The activation array cannot be used for training; the message names the path."""
 
 

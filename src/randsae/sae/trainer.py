@@ -2,9 +2,10 @@
 
 Per batch and per SAE: forward (top-k and, when latents are dead, the AuxK selection), loss =
 FVU + auxk_coef * AuxK, hand-written sparse backward, decoder-parallel gradient removal, global
-gradient-norm clipping, fused Adam with linear warmup then a constant learning rate, decoder
+gradient-norm clipping, fused Adam with linear warmup then ``lr_schedule`` (linear decay to zero by default, or constant), decoder
 renormalisation, dead-counter update. Checkpoints (all state, including the data cursor and
-RNG states) are written atomically every ``checkpoint_every_steps``; a start with checkpoints
+RNG states) are written atomically every ``checkpoint_every_steps`` (an execution setting: not in
+cfg.json nor in the checkpoint's identity); a start with checkpoints
 present resumes from the newest, and on the CPU the final weights are bitwise those of an
 uninterrupted run. Definitions and defaults: docs/sae.md.
 """
@@ -22,6 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from randsae.errors import RandsaeError
 from randsae.kernels import sparse_decode
 from randsae.sae import checkpoint as ckpt
 from randsae.sae.config import SaeConfig
@@ -51,7 +53,7 @@ class TrainResult(NamedTuple):
     seconds: float
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(RandsaeError, ValueError):
     """The checkpoint directory holds a run with a different config or different data."""
 
 

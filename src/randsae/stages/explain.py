@@ -1,5 +1,51 @@
-"""Stage ``explain`` (implementation shared with ``score`` in stages/autointerp.py)."""
+"""Stage ``explain``: an explanation of each sampled latent (implementation shared with
+``score`` in :mod:`randsae.stages.autointerp`)."""
 
-from randsae.stages.autointerp import run_explain as run
+from __future__ import annotations
 
-__all__ = ["run"]
+from collections.abc import Iterator
+from typing import Any
+
+from randsae.stage import Config, OutputFile, Planned, PlanSoFar, Resources, StageContext, StageDef
+
+
+def llm_params(ai: dict[str, Any]) -> dict[str, Any]:
+    """Parameters of explain/score: explainer, client and the model of *that* client only, so
+    editing the other client's model reruns nothing."""
+    anthropic = ai["client"] == "anthropic"
+    return {"explainer": ai["explainer"], "client": ai["client"],
+            "anthropic_model": ai["anthropic_model"] if anthropic else None,
+            "local_model": None if anthropic else ai["local_model"]}
+
+
+def calls_api(cfg: Config) -> bool:
+    """Compute nodes often have no internet: calls to the Anthropic API run on the submit host."""
+    return cfg["autointerp"]["client"] == "anthropic"
+
+
+def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
+    for examples in so_far.all("examples"):
+        yield Planned(examples.name.removeprefix("examples/"), llm_params(cfg["autointerp"]),
+                      {"examples": examples}, dict(examples.labels))
+
+
+def run(ctx: StageContext) -> None:
+    from randsae.stages.autointerp import run_explain
+
+    run_explain(ctx)
+
+
+STAGE = StageDef(
+    name="explain",
+    version=1,
+    doc="an explanation of each sampled latent (LLM or token list)",
+    inputs={"examples": "examples"},
+    expand=expand,
+    resources=Resources(mem_mb=16000, runtime=240),
+    outputs=(
+        OutputFile("explanations.parquet", "one row per sampled latent", "randsae.autointerp.schema:ExplanationRow"),
+        OutputFile("usage.parquet", "one row per LLM call", "randsae.autointerp.schema:UsageRow"),
+    ),
+    run=run,
+    local=calls_api,
+)

@@ -1,52 +1,62 @@
 """Stage ``sae_metrics``: one row of SAE quality metrics on the held-out eval split.
 
 Runs the model over the eval tokens once per batch (prefix up to the hook layer computed
-once, then clean / SAE-spliced / zero-ablated branches), accumulating fp64 sufficient
-statistics, so the row does not depend on batching. Output: metrics.parquet (one row,
+once, then clean / SAE-spliced / zero-ablated branches) inside the shared forward loop
+(:func:`randsae.forward.token_batches`: batching and per-sequence control noise),
+accumulating fp64 sufficient statistics, so the row does not depend on batching. With
+``drop_first_position`` position 0 is left out of every statistic and keeps its clean hidden
+state in both replaced branches (docs/metrics.md). Output: metrics.parquet (one row,
 columns in docs/metrics.md) and firing_counts.parquet (per-latent eval firing counts).
 """
 
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Iterator
 
-import torch
-from tqdm import tqdm
+from randsae.stage import Config, OutputFile, Planned, PlanSoFar, Resources, StageContext, StageDef
+from randsae.stages.sae import per_sae
 
-from randsae import zarr_io
-from randsae.stages import StageContext
+
+def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
+    """Per SAE: one metrics row on the eval split."""
+    for sae, where, inputs in per_sae(cfg, so_far, "eval"):
+        params = {**where, "max_tokens": cfg["metrics"]["max_tokens"], "variant": sae.labels["variant"]}
+        yield Planned(sae.name.removeprefix("sae/"), params, inputs, dict(sae.labels))
 
 
 def run(ctx: StageContext) -> None:
+    import torch
+
+    from randsae import forward
+    from randsae.devices import resolve_device
     from randsae.metrics.downstream import DownstreamStats, evaluate_batch
     from randsae.metrics.schema import build_row, write_firing_counts, write_row
     from randsae.metrics.stats import ReconstructionStats
     from randsae.models.artifact import load_model_artifact
-    from randsae.models.variants import control_row_seeds, control_seed
     from randsae.sae.model import TopKSAE
-    from randsae.stages.activations import device
+    from randsae.zarr_io import torch_dtype
 
     p = ctx.params
-    dev = device()
-    batch_size = int(os.environ.get("RANDSAE_METRICS_BATCH", "8"))
-    loaded = load_model_artifact(ctx.inputs["model"], dtype=zarr_io.torch_dtype(p["model_dtype"]), device=dev)
+    dev = resolve_device(ctx.settings.get("device", "auto"))
+    batch_size = int(ctx.settings.get("batch_size", 8))
+    loaded = load_model_artifact(ctx.inputs["model"], dtype=torch_dtype(p["model_dtype"]), device=dev)
     sae = TopKSAE.load(ctx.inputs["sae"], device=dev)
-    tokens = zarr_io.open_array(ctx.inputs["tokens"] / "tokens.zarr")
+    tokens = forward.open_tokens(ctx.inputs["tokens"])
     n_seq, ctx_len = tokens.shape
     if p["max_tokens"]:
         n_seq = max(1, min(n_seq, p["max_tokens"] // ctx_len))
     recon, downstream = ReconstructionStats(), DownstreamStats()
-    artifact_seed = loaded.info.get("seed") or 0
-    zero_cache: dict[tuple[int, ...], torch.Tensor] = {}  # zero-branch logits, once per length
-    with torch.inference_mode(), tqdm(total=n_seq * ctx_len, unit="tok", unit_scale=True, desc=f"metrics {ctx.spec['name']}") as bar:
-        for b0 in range(0, n_seq, batch_size):
-            ids = torch.from_numpy(tokens[b0 : min(n_seq, b0 + batch_size)]).long().to(dev)
-            with control_seed(loaded.model, control_row_seeds(artifact_seed, b0, ids.shape[0])):
-                evaluate_batch(loaded.model, sae, ids, p["layer"], sae.n_latents, downstream, recon,
-                               sae_dtype=torch.float32, skip_first_position=p["drop_first_position"],
-                               zero_cache=zero_cache)
-            bar.update(ids.numel())
+    # Zero-branch logits once per length; only without drop_first_position (with it the zero
+    # branch keeps each sequence's clean position 0, as the SAE branch does, so it is per sequence).
+    zero_cache: dict[tuple[int, ...], torch.Tensor] = {}
+    # The split forward (prefix once, then clean / SAE / zero branches) runs inside the shared
+    # loop, so each batch's control noise is that of its sequences, as in every stage.
+    with torch.inference_mode():
+        for batch in forward.token_batches(loaded, tokens, range(n_seq), batch_size, dev, f"metrics {ctx.spec['name']}"):
+            evaluate_batch(loaded.model, sae, batch.input_ids, p["layer"], sae.n_latents, downstream, recon,
+                           sae_dtype=torch.float32, skip_first_position=p["drop_first_position"],
+                           zero_cache=zero_cache)
     summary = json.loads((ctx.inputs["sae"] / "train_summary.json").read_text())
     cfg = json.loads((ctx.inputs["sae"] / "cfg.json").read_text())
     row = build_row(p["variant"], p["layer"], recon.result(), downstream.result(p["variant"]),
@@ -55,3 +65,20 @@ def run(ctx: StageContext) -> None:
     write_row(row, ctx.workdir / "metrics.parquet")
     write_firing_counts(recon.result().firing_counts, ctx.workdir / "firing_counts.parquet")
     ctx.info.update({"fvu": row.fvu, "ce_loss_score": row.ce_loss_score, "n_tokens": row.n_tokens})
+
+
+STAGE = StageDef(
+    name="sae_metrics",
+    # 2: the zero-ablation branch keeps position 0 clean when the SAE branch does
+    # (drop_first_position), so CE_zero and the CE/KL scores compare like with like
+    version=2,
+    doc="reconstruction and downstream (CE/KL) metrics of one SAE on the eval split",
+    inputs={"model": "model", "sae": "sae", "tokens": "tokens"},
+    expand=expand,
+    resources=Resources(mem_mb=16000, runtime=120, gpus=1),
+    outputs=(
+        OutputFile("metrics.parquet", "one row of SAE metrics", "randsae.metrics.schema:SaeMetricsRow"),
+        OutputFile("firing_counts.parquet", "per-latent firing counts on the eval split"),
+    ),
+    run=run,
+)

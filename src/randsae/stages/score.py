@@ -1,5 +1,42 @@
-"""Stage ``score`` (implementation shared with ``explain`` in stages/autointerp.py)."""
+"""Stage ``score``: detection or fuzzing scores of each explanation, with a random-explanation
+control (implementation shared with ``explain`` in :mod:`randsae.stages.autointerp`)."""
 
-from randsae.stages.autointerp import run_score as run
+from __future__ import annotations
 
-__all__ = ["run"]
+from collections.abc import Iterator
+
+from randsae.stage import Config, OutputFile, Planned, PlanSoFar, Resources, StageContext, StageDef
+from randsae.stages.explain import calls_api, llm_params
+
+
+def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
+    """Per explanation set: one artifact per configured scorer."""
+    ai = cfg["autointerp"]
+    for explain in so_far.all("explain"):
+        examples = so_far.find("examples", **explain.labels)
+        for scorer in ai["scorers"]:
+            params = {**llm_params(ai), "scorer": scorer, "examples_per_prompt": ai["examples_per_prompt"], "seed": ai["seed"]}
+            yield Planned(f"{explain.name.removeprefix('explain/')}/{scorer}", params,
+                          {"explain": explain, "examples": examples}, {**explain.labels, "scorer": scorer})
+
+
+def run(ctx: StageContext) -> None:
+    from randsae.stages.autointerp import run_score
+
+    run_score(ctx)
+
+
+STAGE = StageDef(
+    name="score",
+    version=1,
+    doc="detection or fuzzing scores of the explanations, with a random-explanation control",
+    inputs={"explain": "explain", "examples": "examples"},
+    expand=expand,
+    resources=Resources(mem_mb=16000, runtime=240),
+    outputs=(
+        OutputFile("scores.parquet", "one row per judged example", "randsae.autointerp.schema:ScoreRow"),
+        OutputFile("usage.parquet", "one row per LLM call", "randsae.autointerp.schema:UsageRow"),
+    ),
+    run=run,
+    local=calls_api,
+)

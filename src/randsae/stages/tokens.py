@@ -15,15 +15,41 @@ from collections.abc import Iterator
 
 from tqdm import tqdm
 
-from randsae import zarr_io
-from randsae.corpus import CorpusError, CorpusStats, iter_documents
-from randsae.packing import pack
-from randsae.plan import SPLITS_IN_ORDER
-from randsae.stages import StageContext
+from randsae.enums import SPLITS_IN_ORDER, TRAINED
+from randsae.inputs import split_location
+from randsae.stage import Config, OutputFile, Planned, PlanSoFar, Resources, StageContext, StageDef
 
 log = logging.getLogger("randsae")
 
 TOKENIZE_BATCH = 64
+
+
+def split_params(corpus: dict, split: str) -> dict:
+    """A split is determined by the corpus, the shuffle and the sizes of the splits carved
+    before it (eval, then interp, then train): growing train never moves eval."""
+    before = SPLITS_IN_ORDER[: SPLITS_IN_ORDER.index(split)]
+    source, _ = split_location(corpus["source"])  # pinned files: the fingerprint, not the paths
+    return {
+        "corpus": source,
+        "corpus_name": corpus["name"],
+        "shuffle_seed": corpus["shuffle_seed"],
+        "shuffle_buffer": corpus["shuffle_buffer"] if source["kind"] in ("hf", "files") else None,
+        "max_doc_chars": corpus["max_doc_chars"],
+        "split": split,
+        "layout": {s: corpus["splits"][s] for s in (*before, split)},
+    }
+
+
+def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
+    """Per model: each split, tokenized with the trained model's tokenizer."""
+    corpus = cfg["corpus"]
+    where = split_location(corpus["source"])[1]
+    located = {"location": where} if where else {}  # where pinned files are (no key covers it)
+    for mname in cfg["models"]:
+        trained = so_far.find("model", model=mname, variant=TRAINED)
+        for split in SPLITS_IN_ORDER:
+            yield Planned(f"{mname}/{corpus['name']}/{split}", split_params(corpus, split), {"model": trained},
+                          {"model": mname, "corpus": corpus["name"], "split": split, **located})
 
 
 def load_tokenizer(model_dir):
@@ -52,13 +78,17 @@ def _encode(batch: list[str], tokenizer, progress: tqdm) -> Iterator[list[int]]:
 
 
 def run(ctx: StageContext) -> None:
+    from randsae import zarr_io  # here, not at the top: importing the stages stays torch-free
+    from randsae.corpus import CorpusError, CorpusStats, iter_documents
+    from randsae.packing import pack
+
     p = ctx.params
     tokenizer = load_tokenizer(ctx.inputs["model"])
     if tokenizer.eos_token_id is None:
         raise CorpusError(f"tokenizer of {ctx.inputs['model']} has no EOS token to separate documents")
     stats = CorpusStats()
     docs = iter_documents(
-        p["corpus"], shuffle_seed=p["shuffle_seed"], shuffle_buffer=p["shuffle_buffer"],
+        {**p["corpus"], **ctx.labels.get("location", {})}, shuffle_seed=p["shuffle_seed"], shuffle_buffer=p["shuffle_buffer"],
         max_doc_chars=p["max_doc_chars"], stats=stats,
     )
     total = sum(s["tokens"] for s in p["layout"].values())
@@ -69,6 +99,12 @@ def run(ctx: StageContext) -> None:
             n_seq = size["tokens"] // size["ctx_len"]
             packed = pack(stream, n_seq, size["ctx_len"], tokenizer.eos_token_id)
     got = packed.tokens.shape[0]
+    if n_seq == 0:  # the plan's checks catch this first (randsae.checks)
+        raise CorpusError(f"split {p['split']!r}: {size['tokens']} tokens is less than one sequence of "
+                          f"ctx_len {size['ctx_len']}; ask for at least {size['ctx_len']} tokens")
+    if stats.docs_used == 0:
+        raise CorpusError(f"corpus {p['corpus_name']!r} has no usable document (read {stats.docs_read}: "
+                          f"{stats.docs_empty} empty, {stats.docs_not_text} not text); check corpus.source")
     if got == 0:
         raise CorpusError(
             f"corpus {p['corpus_name']!r} ran out before split {p['split']!r}: 0 of {n_seq} sequences; "
@@ -92,3 +128,18 @@ def run(ctx: StageContext) -> None:
             "vocab_size": len(tokenizer),
         }
     )
+
+
+STAGE = StageDef(
+    name="tokens",
+    version=1,
+    doc="one split of the corpus, tokenized and packed into sequences",
+    inputs={"model": "model"},  # the trained model's tokenizer
+    expand=expand,
+    resources=Resources(mem_mb=8000, runtime=120),
+    outputs=(
+        OutputFile("tokens.zarr", "int32 [n_seq, ctx_len] token ids"),
+        OutputFile("doc_start.zarr", "uint8 [n_seq, ctx_len], 1 at the first token of each document"),
+    ),
+    run=run,
+)

@@ -1,0 +1,63 @@
+# One rule per stage, generated from the stage declarations (randsae.stages: STAGE in each
+# module). Outputs are links to store/<stage>/<key> (see LINKS in common.smk); inputs come from
+# the plan; the job is `randsae build` with the artifact's spec and the execution settings.
+# A stage with `group` (activations: every layer of a model variant in one forward pass) gets
+# one rule per group instead, whose outputs are exactly the group's artifacts not yet in the
+# store: adding a layer later makes a job for that layer alone.
+import hashlib
+from collections import defaultdict
+
+from randsae.plan import execution_settings
+from randsae.stages import stage_defs
+
+BUILD = f"{shlex.quote(PY)} -m randsae build --store {shlex.quote(STORE)} --threads {{threads}}"
+
+
+def _settings(stage):
+    return shlex.quote(canonical_json(execution_settings(CFG, stage)))
+
+
+def _resources(stage):
+    """The stage's default resources (GPU requests are the SLURM profile's: profiles/slurm)."""
+    return {"mem_mb": stage.resources.mem_mb, "runtime": stage.resources.runtime}
+
+
+for _stage in stage_defs().values():
+    if _stage.group is None:
+
+        rule:
+            name: _stage.name
+            output: directory(link_path(_stage.name, "{key}"))
+            input: unpack(stage_inputs(_stage.name))
+            params: spec=stage_spec(_stage.name), settings=_settings(_stage.name)
+            log: f"logs/{_stage.name}/{{key}}.log"
+            wildcard_constraints: key=KEY_PATTERN
+            threads: DEFAULT_THREADS
+            resources: **_resources(_stage)
+            localrule: _stage.local(CFG)
+            shell: BUILD + " --spec {params.spec} --settings {params.settings} --link {output} > {log} 2>&1"
+
+        continue
+    _groups = defaultdict(list)
+    for _a in PLAN.stage(_stage.name):
+        _groups[_stage.group(_a)].append(_a)
+    for _gkey, _arts in sorted(_groups.items()):
+        _gid = hashlib.sha256(_gkey.encode()).hexdigest()[:10]
+        # only artifacts not yet in the store; built ones were linked when the workflow was parsed
+        _todo = [a for a in sorted(_arts, key=lambda a: a.key) if not STORE_NOW.exists(a.stage, a.key)]
+        if not _todo:
+            continue
+        _in = {role: link_path(_todo[0].input_stages[role], k) for role, k in _todo[0].inputs.items()}
+
+        rule:
+            name: f"{_stage.name}_{_gid}"
+            output: [directory(artifact_link(a)) for a in _todo]
+            input: **_in
+            params:
+                specs=shlex.quote(canonical_json([a.spec() for a in _todo])),
+                settings=_settings(_stage.name),
+            log: f"logs/{_stage.name}/{_gid}.log"
+            threads: family_threads(_stage.name, DEFAULT_THREADS)
+            resources: **family_resources(_stage.name, _resources(_stage))
+            localrule: _stage.local(CFG)
+            shell: BUILD + " --specs {params.specs} --settings {params.settings} --link {output} > {log} 2>&1"
