@@ -73,3 +73,21 @@ def test_plan_is_topological():
         assert set(a.inputs.values()) <= seen, f"{a.name} comes before an input"
         seen.add(a.key)
     assert isinstance(plan, Plan) and all(isinstance(a, Artifact) for a in plan)
+
+
+def test_readers_ask_for_declared_outputs():
+    from randsae.stages import declared_output
+
+    assert declared_output("sae_metrics", "metrics.parquet").schema == "randsae.metrics.schema:SaeMetricsRow"
+    with pytest.raises(ValueError, match="stage score declares no output 'score.parquet'"):
+        declared_output("score", "score.parquet")
+
+
+def test_declared_row_schemas_resolve():
+    import importlib
+
+    for d in stage_defs().values():
+        for out in d.outputs:
+            if out.schema:
+                module, attr = out.schema.split(":")
+                assert hasattr(importlib.import_module(module), attr), out.schema

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from randsae.plan import Artifact, Plan
+from randsae.stages import declared_output
 from randsae.store import Store
 
 #: Columns that identify an SAE in every results table, in this order.
@@ -106,6 +107,7 @@ def file_refs(units: list[SaeUnit], store: Store, stage: str, filename: str) -> 
     Ids: the SAE's, plus ``artifact_key`` (the key of the artifact the file is in), plus
     ``scorer`` for score artifacts and ``artifact_stage`` for usage files.
     """
+    filename = declared_output(stage, filename).name
     refs = []
     for u in units:
         arts: list[tuple[Artifact, dict[str, Any]]]

@@ -16,7 +16,7 @@ import pkgutil
 from typing import TYPE_CHECKING, Any
 
 from randsae.errors import RandsaeError
-from randsae.stage import StageContext, StageDef
+from randsae.stage import OutputFile, StageContext, StageDef
 
 if TYPE_CHECKING:  # the store is passed in; importing it here would be a cycle (store -> stages)
     from randsae.store import Store
@@ -64,6 +64,16 @@ def stage_def(name: str) -> StageDef:
     if name not in defs:
         raise ValueError(f"unknown stage {name!r} (known: {', '.join(defs)})")
     return defs[name]
+
+
+def declared_output(stage: str, filename: str) -> OutputFile:
+    """The declaration of one output file of ``stage``: what readers (the results loader) ask
+    for, so a renamed or undeclared file is an error here rather than silently missing rows."""
+    for out in stage_def(stage).outputs:
+        if out.name == filename:
+            return out
+    raise ValueError(f"stage {stage} declares no output {filename!r} "
+                     f"(it declares {', '.join(o.name for o in stage_def(stage).outputs)})")
 
 
 def _inputs(spec: dict[str, Any], store: Store) -> dict[str, Any]:
