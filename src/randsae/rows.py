@@ -122,6 +122,11 @@ def write_table(row_type: type, table: pa.Table, path: str | os.PathLike[str]) -
     """Write a table of ``row_type`` as Parquet, atomically (temporary sibling, then rename),
     so a killed job never leaves half a file."""
     check_table(row_type, table)
+    write_parquet_atomic(table, path)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
+    """Write ``table`` to a temporary sibling and rename, so a killed job leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -1,4 +1,4 @@
-"""The variants of DESIGN §5 on tiny models: statistics, bit-identity, tying, control noise,
+"""The variants of docs/variants.md on tiny models: statistics, bit-identity, tying, control noise,
 step0 methods and reproducibility."""
 
 from __future__ import annotations

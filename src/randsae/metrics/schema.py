@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +21,7 @@ import pyarrow.parquet as pq
 
 from randsae.metrics.downstream import CE_SCORE_MEANINGFUL_VARIANTS, DownstreamResult
 from randsae.metrics.stats import ReconstructionResult
+from randsae.rows import write_parquet_atomic
 
 SCHEMA_VERSION = 1
 
@@ -188,19 +187,6 @@ def build_row(
     )
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    """Write to a temporary sibling and rename, so a killed job leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_row(
     row: SaeMetricsRow, path: str | os.PathLike[str], extra: Mapping[str, object] | None = None
 ) -> None:
@@ -214,7 +200,7 @@ def write_row(
     schema = arrow_schema(extra)
     values = {**extra, **dataclasses.asdict(row)}
     table = pa.Table.from_pydict({k: [values[k]] for k in schema.names}, schema=schema)
-    _atomic_write(table, Path(path))
+    write_parquet_atomic(table, path)
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, object]]:
@@ -229,4 +215,4 @@ def write_firing_counts(counts: np.ndarray, path: str | os.PathLike[str]) -> Non
     """
     arr = np.asarray(counts, dtype=np.int64)
     table = pa.table({"latent": np.arange(arr.size, dtype=np.int64), "firing_count": arr})
-    _atomic_write(table, Path(path))
+    write_parquet_atomic(table, path)
