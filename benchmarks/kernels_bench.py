@@ -2,6 +2,7 @@
 
     python benchmarks/kernels_bench.py                 # CPU torch path; plus CUDA if available
     python benchmarks/kernels_bench.py --device cuda   # Triton vs torch path on the GPU
+    python benchmarks/kernels_bench.py --device cuda --self-check   # the kernels' self-check only
 
 Every row is compared with the dense encoder matmul ``x @ W_enc.T`` at the same shape, because
 the CPU trainer's budget is stated in those units (a whole update step <= 1.3x that matmul).
@@ -205,6 +206,29 @@ def bench_triton(args: argparse.Namespace, dtype: torch.dtype, device: torch.dev
     return "\n".join(lines)
 
 
+def self_check_table(device: torch.device, dtypes: list[str]) -> str:
+    """The Triton kernels' self-check (randsae.kernels.self_check) per dtype on ``device``, as
+    the dispatcher runs it before the first Triton use; the time includes the first
+    compilation and autotuning of every kernel at the check's shape."""
+    from randsae.kernels import dispatch
+
+    n, k, n_latents, d = dispatch.SELF_CHECK_SHAPE
+    lines = [
+        f"Triton self-check on {_device_name(device)}, N={n} k={k} L={n_latents} d={d}",
+        "",
+        "| dtype | verdict | failing kernel | max abs error | tolerance | seconds |",
+        "|---|---|---|---:|---|---:|",
+    ]
+    for name in dtypes:
+        v = dispatch.self_check(device, DTYPES[name])
+        verdict = "pass" if v.ok else f"FAIL{': ' + v.error if v.error else ''}"
+        lines.append(
+            f"| {name} | {verdict} | {v.kernel or ''} | {v.max_error:.2e} | {v.tolerance} "
+            f"| {v.seconds:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(device)})"
@@ -222,6 +246,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--no-naive", action="store_true", help="skip the naive CPU column")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--self-check",
+        action="store_true",
+        help="only run the Triton kernels' self-check (fp32, bf16, fp16) on the device and exit",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -231,7 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     for dev in devices[args.device]:
         if dev == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device")
-        if dev == "cpu":
+        if args.self_check:
+            if dev == "cpu":
+                print("self-check: skipped on cpu (the dispatcher uses the torch path there)")
+            else:
+                print(self_check_table(torch.device(dev), ["fp32", "bf16", "fp16"]))
+        elif dev == "cpu":
             print(bench_cpu(args, dtype))
         else:
             print(bench_triton(args, dtype, torch.device(dev)))

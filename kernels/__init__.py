@@ -2,17 +2,23 @@
 
 Use ``sparse_decode`` (differentiable) and ``encoder_weight_grad``; they dispatch to Triton on CUDA
 and to the torch path (reference.py) otherwise. ``set_backend("auto" | "triton" | "torch")``
-overrides the choice for the whole process (see dispatch.py). Importing this package does not
+overrides the choice for the whole process (see dispatch.py). Before the first Triton use on a
+device and dtype the kernels check themselves against the torch path (``self_check``); a failure
+switches that device and dtype to torch with one warning. Importing this package does not
 import triton.
 """
 
 from .dispatch import (
     CHOICES,
     KernelBackendError,
+    KernelSelfCheckWarning,
+    SelfCheck,
     SparseDecode,
     backend_for,
+    clear_self_checks,
     encoder_weight_grad,
     requested_backend,
+    self_check,
     set_backend,
     sparse_decode,
 )
@@ -25,10 +31,14 @@ from .reference import (
 __all__ = [
     "CHOICES",
     "KernelBackendError",
+    "KernelSelfCheckWarning",
+    "SelfCheck",
     "SparseDecode",
     "backend_for",
+    "clear_self_checks",
     "encoder_weight_grad",
     "requested_backend",
+    "self_check",
     "set_backend",
     "sparse_decode",
     "sparse_decode_backward_ref",

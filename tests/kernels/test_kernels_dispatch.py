@@ -13,9 +13,30 @@ import randsae.kernels as kernels
 import torch
 from randsae.kernels import dispatch, reference
 
-CUDA_LIKE = types.SimpleNamespace(device=torch.device("cuda", 0))  # only .device is consulted
+# Only .device and .dtype are consulted.
+CUDA_LIKE = types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)
 CPU = torch.zeros(1)
 # conftest.py resets the process-wide request to 'auto' around every test.
+
+
+def verdict(ok):
+    """A self-check verdict as dispatch.self_check returns it (the check itself needs Triton
+    kernels that run: it is tested in test_kernels_triton.py, under the interpreter or on CUDA)."""
+    return dispatch.SelfCheck(ok, "cuda:0", "float32", None if ok else "topk_decode.sparse_decode",
+                              0.0 if ok else 3.0, "atol 1.0e-04 + rtol 1.0e-04 * abs(reference)", None, 0.1)
+
+
+@pytest.fixture
+def kernels_pass(monkeypatch):
+    """The self-check passes (here no kernel can run on the fake CUDA tensor); records calls."""
+    calls = []
+
+    def fake(device, dtype):
+        calls.append((str(device), dtype))
+        return verdict(True)
+
+    monkeypatch.setattr(dispatch, "self_check", fake)
+    return calls
 
 
 def make_case(n, d, n_latents, k, dtype, distinct=True, seed=0):
@@ -33,13 +54,37 @@ def make_case(n, d, n_latents, k, dtype, distinct=True, seed=0):
 # --- backend selection ---------------------------------------------------------------------
 
 
-def test_auto_picks_torch_on_cpu_and_triton_on_cuda(monkeypatch):
+def test_auto_picks_torch_on_cpu_and_triton_on_cuda(monkeypatch, kernels_pass):
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)
     assert kernels.backend_for(CPU) == "torch"
     assert kernels.backend_for(CUDA_LIKE) == "triton"
     kernels.set_backend("auto")  # explicit 'auto' is the default
     assert kernels.requested_backend() == "auto"
     assert kernels.backend_for(CUDA_LIKE) == "triton"
+    # The self-check was consulted for the CUDA tensor's device and dtype, never for the CPU one.
+    assert kernels_pass == [("cuda:0", torch.float32)] * 2
+
+
+@pytest.mark.parametrize("choice", ["auto", "triton"])
+def test_a_failed_self_check_routes_to_torch(monkeypatch, choice):
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    monkeypatch.setattr(dispatch, "self_check", lambda device, dtype: verdict(False))
+    kernels.set_backend(choice)
+    assert kernels.backend_for(CUDA_LIKE) == "torch"
+
+
+def test_the_torch_path_never_runs_the_self_check(monkeypatch):
+    def must_not_run(device, dtype):
+        raise AssertionError("self-check run for the torch path")
+
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    monkeypatch.setattr(dispatch, "self_check", must_not_run)
+    assert kernels.backend_for(CPU) == "torch"  # auto on CPU
+    kernels.set_backend("torch")
+    assert kernels.backend_for(CUDA_LIKE) == "torch"
+    values, indices, W_dec, grad_out = make_case(4, 5, 7, 3, torch.float32)
+    kernels.sparse_decode(values.requires_grad_(), indices, W_dec).backward(grad_out)
+    assert values.grad is not None
 
 
 def test_auto_on_cuda_without_triton_warns_and_uses_torch(monkeypatch):
@@ -72,7 +117,7 @@ def test_forced_triton_without_the_package_is_a_clear_error(monkeypatch):
         kernels.backend_for(CUDA_LIKE)
 
 
-def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
+def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch, kernels_pass):
     pytest.importorskip("triton")
     from randsae.kernels import triton_mode
 
@@ -98,6 +143,7 @@ def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
     # In an interpreter process the same request is honoured.
     monkeypatch.setattr(triton_mode, "interpreted", lambda: True)
     assert kernels.backend_for(CPU) == "triton"
+    assert kernels_pass == [("cpu", torch.float32)]  # the refusals above ran no check
 
 
 # --- autograd wrapper (torch path) -----------------------------------------------------------

@@ -30,8 +30,11 @@ else:
         allow_module_level=True,
     )
 
+import logging  # noqa: E402
+import warnings  # noqa: E402
+
 import randsae.kernels as kernels  # noqa: E402
-from randsae.kernels import encoder_grad, topk_decode  # noqa: E402
+from randsae.kernels import dispatch, encoder_grad, topk_decode  # noqa: E402
 from randsae.kernels import reference as ref  # noqa: E402
 from randsae.kernels.csr import clear_latent_csr_memo  # noqa: E402
 
@@ -158,6 +161,8 @@ def test_empty_batch():
 def test_forced_triton_backend_routes_through_the_kernels(monkeypatch):
     # set_backend("triton"): SparseDecode and encoder_weight_grad must call the Triton wrappers
     # (spied on) and agree with the torch path, gradients included.
+    # The self-check (once per process) calls the kernels too: let it run before the spies.
+    assert kernels.self_check(DEVICE, torch.float32).ok
     calls = []
 
     def spy(module, name):
@@ -196,3 +201,107 @@ def test_forced_triton_backend_routes_through_the_kernels(monkeypatch):
     check(W.grad, W_ref.grad)
     check(enc, kernels.encoder_weight_grad(v_ref.grad, indices, x, 37))
     assert len(calls) == 4  # the torch run did not touch the kernels
+
+
+# --- self-check (dispatch.self_check) ---------------------------------------------------------
+# A forced 'triton' request, so that the same tests run on CPU tensors under the interpreter and
+# on CUDA tensors when compiled ('auto' would pick torch on the CPU without asking Triton).
+
+
+@pytest.fixture
+def fresh_self_check():
+    """No cached verdict before the test, and none left behind (a failed one would send every
+    later Triton test of this process to the torch path)."""
+    kernels.clear_self_checks()
+    yield
+    kernels.clear_self_checks()
+
+
+def run_with_recorded_warnings(caplog, fn):
+    """fn()'s result, its self-check warnings and the 'randsae.kernels' warning log records."""
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, "randsae.kernels"):
+        warnings.simplefilter("always")  # count every warning, not only the first per place
+        result = fn()
+    ours = [w for w in caught if issubclass(w.category, kernels.KernelSelfCheckWarning)]
+    records = [r for r in caplog.records if r.name == "randsae.kernels" and r.levelno >= logging.WARNING]
+    return result, ours, records
+
+
+def training_ops(values, indices, W_dec, grad_out, x):
+    """Decode forward and backward and the encoder-weight gradient through the dispatcher."""
+    v, W = values.clone().requires_grad_(), W_dec.clone().requires_grad_()
+    out = kernels.sparse_decode(v, indices, W)
+    out.backward(grad_out)
+    return out, v.grad, W.grad, kernels.encoder_weight_grad(v.grad, indices, x, W_dec.shape[0])
+
+
+def test_self_check_passes_once_and_stays_on_triton(monkeypatch, caplog, fresh_self_check):
+    runs = []
+    real_run = dispatch._run_self_check
+    monkeypatch.setattr(dispatch, "_run_self_check", lambda d, t: runs.append(t) or real_run(d, t))
+    values, indices, W_dec, grad_out, x = make_case(7, 40, 37, 5, True, torch.float32)
+    kernels.set_backend("triton")
+
+    def use():
+        return [kernels.backend_for(W_dec), kernels.sparse_decode(values, indices, W_dec), kernels.backend_for(x)]
+
+    (first, out, second), ours, records = run_with_recorded_warnings(caplog, use)
+    assert (first, second) == ("triton", "triton")
+    check(out, ref.sparse_decode_ref(values, indices, W_dec))
+    assert ours == [] and records == []
+    assert runs == [torch.float32]  # checked once for this device and dtype, then cached
+    verdict = kernels.self_check(W_dec.device, torch.float32)
+    assert verdict.ok and verdict.kernel is None and verdict.error is None
+    assert verdict.device.startswith(DEVICE) and verdict.dtype == "float32"
+    assert 0 <= verdict.max_error < 1e-4
+    assert any("passed their self-check" in r.getMessage() for r in caplog.records)
+
+
+def test_a_wrong_kernel_falls_back_to_torch_with_one_warning(monkeypatch, caplog, fresh_self_check):
+    real = topk_decode.sparse_decode_grad_weight
+    calls = []
+
+    def wrong(grad_out, values, indices, W_dec):  # off by half of every entry
+        calls.append(1)
+        return real(grad_out, values, indices, W_dec) * 1.5
+
+    monkeypatch.setattr(topk_decode, "sparse_decode_grad_weight", wrong)
+    values, indices, W_dec, grad_out, x = make_case(7, 40, 37, 5, True, torch.float32)
+    kernels.set_backend("triton")
+
+    def use():
+        return [kernels.backend_for(W_dec), training_ops(values, indices, W_dec, grad_out, x), kernels.backend_for(x)]
+
+    (choice, got, again), ours, records = run_with_recorded_warnings(caplog, use)
+    assert (choice, again) == ("torch", "torch")
+    assert len(ours) == 1 and len(records) == 1  # one warning for the process, not one per call
+    message = str(ours[0].message)
+    assert message == records[0].getMessage()
+    assert "topk_decode.sparse_decode_grad_weight" in message
+    assert "max abs error" in message and "tolerance atol 1.0e-04 + rtol 1.0e-04" in message
+    assert "torch path" in message and "execution.kernels: torch" in message
+    assert calls == [1]  # the broken kernel ran in the check only; training used the torch path
+    verdict = kernels.self_check(W_dec.device, torch.float32)
+    assert not verdict.ok and verdict.kernel == "topk_decode.sparse_decode_grad_weight"
+    assert verdict.max_error > 1e-4
+    kernels.set_backend("torch")
+    for mine, theirs in zip(got, training_ops(values, indices, W_dec, grad_out, x), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_a_kernel_that_raises_falls_back_to_torch(monkeypatch, caplog, fresh_self_check):
+    def broken(values, indices, W_dec):
+        raise RuntimeError("PassManager::run failed\n(compiler output)")
+
+    monkeypatch.setattr(topk_decode, "sparse_decode", broken)
+    values, indices, W_dec, grad_out, x = make_case(7, 40, 37, 5, True, torch.float32)
+    kernels.set_backend("triton")
+    (choice, out), ours, records = run_with_recorded_warnings(
+        caplog, lambda: [kernels.backend_for(W_dec), kernels.sparse_decode(values, indices, W_dec)]
+    )
+    assert choice == "torch"
+    assert len(ours) == 1 and len(records) == 1
+    message = str(ours[0].message)
+    assert "topk_decode.sparse_decode failed to compile or run" in message
+    assert "RuntimeError: PassManager::run failed" in message and "compiler output" not in message
+    check(out, ref.sparse_decode_ref(values, indices, W_dec))

@@ -100,14 +100,16 @@ def capture_rng_states() -> dict[str, Any]:
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
+    # .cpu(): a checkpoint loaded with map_location=cuda has these state tensors on the GPU,
+    # but every RNG setter (and .numpy()) takes CPU tensors.
+    torch.set_rng_state(states["torch"].cpu())
     name, key, pos, has_gauss, cached = states["numpy"]
     np.random.set_state(
-        (name, key.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
+        (name, key.cpu().numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
     )
     random.setstate(_to_tuple(states["python"]))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
 def _to_plain(obj: Any) -> Any:
