@@ -23,7 +23,7 @@ def test_the_yaml_schema_does_not_repeat_the_lists():
     scorers = raw["properties"]["autointerp"]["properties"]["scorers"]
     splits = raw["properties"]["corpus"]["properties"]["splits"]
     assert "items" not in variants and "default" not in variants and variants["description"]
-    assert "items" not in scorers and "default" not in scorers and scorers["description"]
+    assert "items" not in scorers and scorers["default"] == "auto" and scorers["description"]  # auto: resolved in normalise
     assert "properties" not in splits and "required" not in splits and splits["description"]
 
 
@@ -32,7 +32,7 @@ def test_the_loaded_schema_has_the_lists_from_enums():
     assert s["properties"]["variants"]["items"]["enum"] == list(enums.VARIANTS)
     assert s["properties"]["variants"]["default"] == list(enums.VARIANTS)
     scorers = s["properties"]["autointerp"]["properties"]["scorers"]
-    assert scorers["items"]["enum"] == scorers["default"] == list(enums.SCORERS)
+    assert scorers["items"]["enum"] == list(enums.SCORERS) and scorers["default"] == "auto"
     splits = s["properties"]["corpus"]["properties"]["splits"]
     assert splits["required"] == list(enums.SPLITS_IN_ORDER) == list(splits["properties"])
 
@@ -41,9 +41,9 @@ def test_defaults_and_errors_come_from_enums(tmp_path):
     cfg = tiny_config(tmp_path / "m", tmp_path / "s")
     del cfg["variants"]
     out = normalise(cfg)
-    assert out["variants"] == list(enums.VARIANTS) and out["autointerp"]["scorers"] == list(enums.SCORERS)
+    assert out["variants"] == list(enums.VARIANTS) and out["autointerp"]["scorers"] == list(enums.LLM_SCORERS)
     bad = tiny_config(tmp_path / "m", tmp_path / "s", **{"autointerp.scorers": ["detection", "intruder"]})
-    with pytest.raises(ConfigError, match=r"autointerp.scorers\[1\]: 'intruder' is not allowed; allowed: 'detection', 'fuzzing'"):
+    with pytest.raises(ConfigError, match=r"autointerp.scorers\[1\]: 'intruder' is not allowed; allowed: 'detection', 'fuzzing', 'lexical'"):
         normalise(bad)
     no_split = tiny_config(tmp_path / "m", tmp_path / "s")
     del no_split["corpus"]["splits"]["interp"]

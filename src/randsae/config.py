@@ -22,7 +22,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from randsae.enums import SCORERS, SPLITS_IN_ORDER, VARIANTS
+from randsae.enums import LLM_SCORERS, NO_LLM_SCORERS, SCORERS, SPLITS_IN_ORDER, VARIANTS
 from randsae.errors import RandsaeError
 from randsae.yaml_keys import duplicate_keys
 
@@ -51,12 +51,15 @@ def _fill_enums(s: dict[str, Any]) -> dict[str, Any]:
     YAML does give must agree, so a stale copy fails loudly instead of shadowing the code."""
     props = s["properties"]
     ai = props["autointerp"]["properties"]
+    # (where, node, names, keys to fill): scorers' default is "auto", resolved in normalise
     filled = [
-        ("variants", props["variants"], list(VARIANTS)),
-        ("autointerp.scorers", ai["scorers"], list(SCORERS)),
+        ("variants", props["variants"], list(VARIANTS), ("default", "items")),
+        ("autointerp.scorers", ai["scorers"], list(SCORERS), ("items",)),
     ]
-    for where, node, names in filled:
+    for where, node, names, keys in filled:
         for key, value in (("default", names), ("items", {"enum": names})):
+            if key not in keys:
+                continue
             if key in node and node[key] != value:
                 raise RuntimeError(f"{SCHEMA_PATH}: {where}.{key} is {node[key]!r}; randsae.enums gives {value!r} "
                                    f"(leave it out of the YAML: it is filled in from randsae.enums)")
@@ -100,6 +103,9 @@ def _describe(err: ValidationError) -> str:
         return "\n".join(lines)
     if v == "required":
         return f"{where}: {err.message} (required keys: {', '.join(err.validator_value)})"
+    if v == "pattern" and err.validator_value == "^auto$" and "enum" in _subschema(err).get("items", {}):
+        names = ", ".join(map(repr, _subschema(err)["items"]["enum"]))
+        return f"{where}: {err.instance!r} is not allowed; give auto or a list of: {names}"
     if v == "enum":
         return f"{where}: {err.instance!r} is not allowed; allowed: {', '.join(map(repr, err.validator_value))}"
     if v == "type":
@@ -211,19 +217,38 @@ def _normalise(value: Any, node: dict[str, Any]) -> Any:
 
 
 def normalise(cfg: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
-    """Validated config with every default filled in and ``autointerp.client: auto``
-    resolved (does not touch the input).
+    """Validated config with every default filled in and the ``auto`` values of
+    ``autointerp.client``, ``autointerp.scorers`` and ``autointerp.explainer`` resolved (does
+    not touch the input).
 
-    ``auto`` becomes the client that will really run (anthropic when ANTHROPIC_API_KEY is
-    set in ``env``, default os.environ; else local), so the explain and score keys say
-    which judge made them. Only the presence of the key is read, never its value."""
+    ``client: auto`` becomes the client that will really run (anthropic when
+    ANTHROPIC_API_KEY is set in ``env``, default os.environ; else local), so the explain and
+    score keys say which judge made them. Only the presence of the key is read, never its
+    value. ``scorers: auto`` and ``explainer: auto`` follow whether an LLM client is
+    configured (:func:`_llm_configured`): with one, detection and fuzzing scores of LLM
+    explanations, as before; without, the LLM-free token-list explanations and lexical
+    scores, so a fresh checkout's default run asks no LLM."""
     validate(cfg)
     out = _normalise(copy.deepcopy(dict(cfg)), schema())
     validate(out)  # defaults must themselves be valid
-    if out["autointerp"]["client"] == "auto":
-        env = os.environ if env is None else env
-        out["autointerp"]["client"] = "anthropic" if env.get("ANTHROPIC_API_KEY") else "local"
+    env = os.environ if env is None else env
+    ai = out["autointerp"]
+    llm = _llm_configured(ai["client"], env)
+    if ai["scorers"] == "auto":
+        ai["scorers"] = list(LLM_SCORERS if llm else NO_LLM_SCORERS)
+    if ai["explainer"] == "auto":
+        ai["explainer"] = "llm" if llm else "token_list"
+    if ai["client"] == "auto":
+        ai["client"] = "anthropic" if env.get("ANTHROPIC_API_KEY") else "local"
     return out
+
+
+def _llm_configured(client: str, env: Mapping[str, str]) -> bool:
+    """An LLM client is configured when ``autointerp.client`` names one (anthropic, or local:
+    the user chose a local judge) or is auto with ANTHROPIC_API_KEY set. ``auto`` without the
+    key (the shipped default on a machine without credentials) is "no LLM": the packaged
+    SmolLM2 judge is only a plumbing check, so it is never picked silently."""
+    return client != "auto" or bool(env.get("ANTHROPIC_API_KEY"))
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -18,11 +18,17 @@ VARIANTS: tuple[str, ...] = ("trained", "step0", "rerandomized", "rerandomized_n
 #: The variant every other one is compared with.
 TRAINED = "trained"
 
-#: The auto-interp scorers (docs/autointerp.md), in display order; the config's
-#: ``autointerp.scorers`` default is all of them.
+#: The auto-interp scorers (docs/autointerp.md), in display order. ``autointerp.scorers: auto``
+#: (the default) resolves to LLM_SCORERS when an LLM client is configured and to NO_LLM_SCORERS
+#: otherwise (:func:`randsae.config.normalise`).
 DETECTION = "detection"
 FUZZING = "fuzzing"
-SCORERS: tuple[str, ...] = (DETECTION, FUZZING)
+LEXICAL = "lexical"
+SCORERS: tuple[str, ...] = (DETECTION, FUZZING, LEXICAL)
+#: The scorers that ask an LLM judge, and the default when one is configured.
+LLM_SCORERS: tuple[str, ...] = (DETECTION, FUZZING)
+#: The default when no LLM client is configured: the deterministic lexical baseline.
+NO_LLM_SCORERS: tuple[str, ...] = (LEXICAL,)
 
 #: The corpus splits, in the order they are carved from the shuffled documents: a split is
 #: determined by the sizes of the splits before it, so growing train never moves eval
@@ -31,3 +37,5 @@ SPLITS_IN_ORDER: tuple[str, ...] = ("eval", "interp", "train")
 
 if TRAINED not in VARIANTS:  # pragma: no cover - a guard for whoever edits the lists
     raise RuntimeError(f"TRAINED ({TRAINED!r}) must be one of VARIANTS {VARIANTS}")
+if not set(LLM_SCORERS + NO_LLM_SCORERS) <= set(SCORERS):  # pragma: no cover - likewise
+    raise RuntimeError(f"the default scorers must be among SCORERS {SCORERS}")

@@ -472,12 +472,15 @@ def build_examples(
 
 
 def _selection_warnings(n_eligible: int, p: ExampleParams) -> list[str]:
+    """A warning, not an error: how many latents are eligible is a finding (random variants
+    have far fewer), and stopping there would block exactly the SAEs the study compares."""
     if n_eligible == 0:
         return [f"no latent has >= {p.min_activations} activating windows: no examples written "
                 f"(lower autointerp.min_activations or enlarge the interp split)"]
     if n_eligible < p.n_latents:
-        return [f"only {n_eligible} latents have >= {p.min_activations} activating windows; "
-                f"all are used instead of {p.n_latents}"]
+        return [f"autointerp.n_latents is {p.n_latents} but only {n_eligible} latents are eligible "
+                f"(>= {p.min_activations} activating windows each): all {n_eligible} are used "
+                f"(lower autointerp.min_activations or enlarge the interp split to sample more)"]
     return []
 
 

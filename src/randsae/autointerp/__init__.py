@@ -4,7 +4,8 @@ Protocol and defaults: docs/autointerp.md. Modules: ``types`` (examples, prompts
 (every prompt text, with the injection defence), ``clients`` (the Client protocol and
 shared result types), ``factory`` (``default_client``: the backend a config asks for),
 ``anthropic_client`` and ``local_client`` (backends), ``cache`` (the
-response cache), ``parsing`` (robust output parsing), ``explainers``, ``scorers``, ``stats``,
+response cache), ``parsing`` (robust output parsing), ``explainers``, ``scorers`` (with
+``lexical``, the LLM-free scorer's arithmetic), ``stats``,
 ``pricing``, ``retry`` and ``outcomes`` (what a job's calls came to; whether it may publish). Backends are imported lazily: importing this package pulls in
 neither torch models nor the Anthropic SDK.
 """
@@ -36,8 +37,10 @@ from randsae.autointerp.scorers import (
     ExampleScore,
     FuzzingScorer,
     LatentScore,
+    LexicalScorer,
     Scorer,
     control_assignment,
+    make_scorer,
     score_latents,
     scorer_class,
     summarize_scores,
@@ -72,6 +75,7 @@ __all__ = [
     "LLMExplainer",
     "LatentExamples",
     "LatentScore",
+    "LexicalScorer",
     "Price",
     "Prompt",
     "ResponseCache",
@@ -89,6 +93,7 @@ __all__ = [
     "cost_usd",
     "default_client",
     "failure_class",
+    "make_scorer",
     "score_latents",
     "scorer_class",
     "summarize",

@@ -101,6 +101,42 @@ class LLMExplainer:
         return ExplanationResult(bundle.latent, parsed.value, True, **meta)
 
 
+#: How a token-list explanation starts (``the tokens "apple", "pie"``); see :func:`format_token_list`.
+TOKEN_LIST_PREFIX = "the tokens "
+_TOKEN_SEP = '", "'
+
+
+def format_token_list(tokens: Sequence[str]) -> str:
+    """The :class:`TokenListExplainer`'s explanation text for ``tokens`` (in rank order)."""
+    return TOKEN_LIST_PREFIX + ", ".join(f'"{t}"' for t in tokens)
+
+
+def parse_token_list(text: str) -> tuple[str, ...] | None:
+    """The tokens of an explanation in :func:`format_token_list`'s format, or None for any other
+    text (a free-text explanation). Kept beside the formatter so the two cannot drift: the
+    lexical scorer reads token-list explanations back with it. A token containing ``", "`` would
+    split in two; a stripped single token practically never does."""
+    head = TOKEN_LIST_PREFIX + '"'
+    if not (text.startswith(head) and text.endswith('"') and len(text) > len(head)):
+        return None
+    tokens = tuple(text[len(head) : -1].split(_TOKEN_SEP))
+    return tokens if all(tokens) and format_token_list(tokens) == text else None
+
+
+def token_mass(bundle: LatentExamples) -> dict[str, float]:
+    """Activation mass per token over the latent's explainer examples: the sum of the latent's
+    positive activations at each position, keyed by the position's token stripped of
+    surrounding whitespace (so " apple" and "apple" are one token). What the token-list
+    explainer ranks by, and what the lexical scorer weights its tokens by."""
+    mass: dict[str, float] = defaultdict(float)
+    for ex in bundle.explainer:
+        for tok, act in zip(ex.tokens, ex.activations, strict=True):
+            key = tok.strip()
+            if key and act > 0:
+                mass[key] += act
+    return dict(mass)
+
+
 class TokenListExplainer:
     """Deterministic baseline: the latent's top tokens by summed activation over its explainer
     examples. Why: it shows how much of a score a pure token-lookup "explanation" earns, which
@@ -112,13 +148,7 @@ class TokenListExplainer:
         self.n_tokens = n_tokens
 
     def top_tokens(self, bundle: LatentExamples) -> list[str]:
-        mass: dict[str, float] = defaultdict(float)
-        for ex in bundle.explainer:
-            for tok, act in zip(ex.tokens, ex.activations):
-                key = tok.strip()
-                if key and act > 0:
-                    mass[key] += act
-        ranked = sorted(mass.items(), key=lambda kv: (-kv[1], kv[0]))
+        ranked = sorted(token_mass(bundle).items(), key=lambda kv: (-kv[1], kv[0]))
         return [tok for tok, _ in ranked[: self.n_tokens]]
 
     def explain(self, bundles: Sequence[LatentExamples]) -> list[ExplanationResult]:
@@ -129,6 +159,6 @@ class TokenListExplainer:
                 out.append(ExplanationResult(b.latent, "", False, "no activating tokens", explainer=self.name,
                                              client="none", model="token_list", error_kind="no_input"))
                 continue
-            text = "the tokens " + ", ".join(f'"{t}"' for t in tokens)
+            text = format_token_list(tokens)
             out.append(ExplanationResult(b.latent, text, True, explainer=self.name, client="none", model="token_list"))
         return out

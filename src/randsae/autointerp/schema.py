@@ -55,18 +55,19 @@ class ScoreRow:
     """One judged example (scores.parquet)."""
 
     latent: int = column(pa.int32(), "latent judged")
-    scorer: str = column(pa.string(), "`detection` or `fuzzing` (the database takes it from the plan)")
+    scorer: str = column(pa.string(), "`detection`, `fuzzing` or `lexical` (the database takes it from the plan)")
     explanation_source: str = column(pa.string(), "`own` explanation or `control` (another latent's)")
     explanation_latent: int = column(pa.int32(), "the latent whose explanation was shown")
     example_id: int = column(pa.int64(), "example within the latent: test examples first, then non-activating")
     activating: bool = column(pa.bool_(), "true label")
     quantile: int = column(pa.int32(), "activation quantile, -1 for non-activating")
-    probability: float | None = column(pa.float64(), "the judge's P(activating); null when the call failed")
+    probability: float | None = column(pa.float64(), "the judge's P(activating) (`lexical`: its overlap score); null when "
+                                                     "the call failed")
     prediction: bool | None = column(pa.bool_(), "probability > 0.5; null when the call failed")
     ok: bool = column(pa.bool_(), "the example was judged")
     reason: str = column(pa.string(), "why not (empty on success)")
-    client: str = column(pa.string(), "the judge's client")
-    model: str = column(pa.string(), "the judge LLM")
+    client: str = column(pa.string(), "the judge's client (`none` for `lexical`)")
+    model: str = column(pa.string(), "the judge LLM (`lexical` for that scorer)")
 
 
 @dataclass(frozen=True)

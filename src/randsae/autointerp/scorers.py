@@ -17,6 +17,11 @@ Both: examples shuffled with a seeded RNG and split into prompts of ``examples_p
 own and control explanations of a latent are judged on identical prompts apart from the
 explanation. Per example: P("1"), prediction P > 0.5.
 
+Lexical (no LLM, :mod:`randsae.autointerp.lexical`): each window's probability from how well
+its tokens (token-list explanations) or words (free text) match the explanation. Same
+examples, labels, rows and control as detection; no prompts, no client, no response cache
+(it is deterministic and costs microseconds, so a rerun recomputes the identical rows).
+
 Control: each latent is also scored with another latent's explanation (a seeded derangement).
 Its AUROC measures how much the judge gets right without a relevant explanation, which
 calibrates the own-explanation AUROC.
@@ -28,13 +33,14 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from randsae.autointerp.clients import AnswerProbabilities, Client, Usage
+from randsae.autointerp.lexical import lexical_probabilities
 from randsae.autointerp.prompts import detection_prompt, fuzzing_prompt
 from randsae.autointerp.stats import ScoreSummary, summarize
 from randsae.autointerp.types import Example, LatentExamples, Prompt
-from randsae.enums import DETECTION, FUZZING, SCORERS
+from randsae.enums import DETECTION, FUZZING, LEXICAL, SCORERS
 
 OWN, CONTROL = "own", "control"
 
@@ -122,6 +128,8 @@ class _LLMScorer:
     """Shared logic; subclasses define the items and the prompt."""
 
     name = "base"
+    #: Whether the scorer asks an LLM (the score stage builds a client only for those that do).
+    needs_client: ClassVar[bool] = True
 
     def __init__(
         self, client: Client, *, examples_per_prompt: int = 5, seed: int = 0, n_demos: int | None = None
@@ -276,19 +284,74 @@ class FuzzingScorer(_LLMScorer):
         )
 
 
+class LexicalScorer:
+    """Token/word overlap between explanation and window, no LLM (definition:
+    :mod:`randsae.autointerp.lexical`). The same examples, labels and row layout as detection
+    (test examples first, then non-activating), so its rows sit in the same ``scores`` table
+    and go through the same AUROC; rows say ``client="none"``, ``model="lexical"``."""
+
+    name = LEXICAL
+    needs_client: ClassVar[bool] = False
+    CLIENT, MODEL = "none", "lexical"
+
+    def score(
+        self,
+        bundles: Sequence[LatentExamples],
+        explanations: Mapping[int, str],
+        *,
+        source: str = OWN,
+        explanation_latents: Mapping[int, int] | None = None,
+    ) -> list[LatentScore]:
+        """As :meth:`_LLMScorer.score`. A token list is weighted by the activation mass on the
+        explainer examples of the latent it belongs to, looked up among ``bundles`` (the control
+        thus uses the other latent's weights, never the judged latent's)."""
+        by_latent = {b.latent: b for b in bundles}
+        out = []
+        for b in bundles:
+            text = explanations.get(b.latent, "")
+            whose = (explanation_latents or {}).get(b.latent, b.latent)
+            base: dict[str, Any] = {"latent": b.latent, "scorer": self.name, "explanation_source": source,
+                                    "explanation_latent": whose, "client": self.CLIENT, "model": self.MODEL}
+            if not text:
+                out.append(LatentScore(**base, explanation=text, examples=(), ok=False, reason="no explanation"))
+                continue
+            items = _indexed(b)
+            probs = lexical_probabilities(text, [ex for _, ex, _ in items], by_latent.get(whose))
+            rows = tuple(
+                ExampleScore(**base, index=i, quantile=ex.quantile, label=label, probability=p, prediction=p > 0.5,
+                             prompt=-1, ok=True)
+                for (i, ex, label), p in zip(items, probs, strict=True)
+            )
+            out.append(LatentScore(**base, explanation=text, examples=rows))
+        return out
+
+
 #: Scorer name (config ``autointerp.scorers``, the score stage's ``scorer`` parameter) -> class.
 #: The names themselves are defined in :mod:`randsae.enums`; this maps each to its code.
-SCORER_CLASSES: dict[str, type[_LLMScorer]] = {cls.name: cls for cls in (DetectionScorer, FuzzingScorer)}
+SCORER_CLASSES: dict[str, type[_LLMScorer] | type[LexicalScorer]] = {
+    cls.name: cls for cls in (DetectionScorer, FuzzingScorer, LexicalScorer)
+}
 if tuple(SCORER_CLASSES) != SCORERS:  # pragma: no cover - a guard for whoever adds a scorer
     raise RuntimeError(f"scorer classes {tuple(SCORER_CLASSES)} do not match randsae.enums.SCORERS {SCORERS}")
 
 
-def scorer_class(name: str) -> type[_LLMScorer]:
+def scorer_class(name: str) -> type[_LLMScorer] | type[LexicalScorer]:
     """The scorer class registered under ``name``."""
     try:
         return SCORER_CLASSES[name]
     except KeyError:
         raise ValueError(f"unknown scorer {name!r}; known: {', '.join(SCORER_CLASSES)}") from None
+
+
+def make_scorer(name: str, client: Client | None = None, *, examples_per_prompt: int = 5, seed: int = 0) -> Scorer:
+    """The scorer registered under ``name``, built: LLM scorers need ``client`` (and take
+    ``examples_per_prompt`` and ``seed``); the lexical scorer takes neither."""
+    cls = scorer_class(name)
+    if not issubclass(cls, _LLMScorer):
+        return cls()
+    if client is None:
+        raise ValueError(f"scorer {name!r} asks an LLM: it needs a client (the lexical scorer needs none)")
+    return cls(client, examples_per_prompt=examples_per_prompt, seed=seed)
 
 
 def control_assignment(latents: Sequence[int], seed: int = 0) -> dict[int, int]:

@@ -51,9 +51,14 @@ def client_kwargs(params: dict[str, Any], settings: dict[str, Any]) -> dict[str,
 
 def _client(ctx: StageContext):
     from randsae.autointerp import default_client
+    from randsae.devices import resolve_device
 
-    # a packaged judge (SmolLM2 GGUF) is converted once per store, not once per job
-    kwargs: dict[str, Any] = {"convert_dir": ctx.store.root / ".llm-models"} if ctx.params["client"] == "local" else {}
+    kwargs: dict[str, Any] = {}
+    if ctx.params["client"] == "local":
+        # a packaged judge (SmolLM2 GGUF) is converted once per store, not once per job; the
+        # judge runs on execution.device like every other model (resolved before it loads)
+        kwargs = {"convert_dir": ctx.store.root / ".llm-models",
+                  "device": resolve_device(ctx.settings.get("device", "auto"))}
     kwargs.update(client_kwargs(ctx.params, ctx.settings))
     return default_client({"autointerp": ctx.params}, cache_dir=ctx.store.root / LLM_CACHE, **kwargs)
 
@@ -104,7 +109,7 @@ def run_explain(ctx: StageContext) -> None:
 
 
 def run_score(ctx: StageContext) -> None:
-    from randsae.autointerp import score_latents, scorer_class
+    from randsae.autointerp import make_scorer, score_latents, scorer_class
     from randsae.autointerp.outcomes import summarize_scores
     from randsae.autointerp.schema import (
         EXPLANATIONS_FILE,
@@ -126,8 +131,8 @@ def run_score(ctx: StageContext) -> None:
     scores = []
     client = None
     if bundles and explanations:
-        client = _client(ctx)
-        scorer = scorer_cls(client, examples_per_prompt=p["examples_per_prompt"], seed=p["seed"])
+        client = _client(ctx) if scorer_cls.needs_client else None  # lexical: no LLM, no params for one
+        scorer = make_scorer(p["scorer"], client, examples_per_prompt=p.get("examples_per_prompt", 5), seed=p["seed"])
         scores = score_latents(scorer, bundles, explanations, control=True, seed=p["seed"])
     _account(ctx, "score", summarize_scores(scores), client)
     rows = score_rows(scores)

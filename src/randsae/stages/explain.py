@@ -18,6 +18,12 @@ def llm_params(ai: dict[str, Any]) -> dict[str, Any]:
             "local_model": None if anthropic else ai["local_model"]}
 
 
+def explain_params(ai: dict[str, Any]) -> dict[str, Any]:
+    """The explain key's parameters. The token-list explainer asks no LLM, so its key names no
+    client: switching the LLM reruns neither it nor the lexical scores of its explanations."""
+    return {"explainer": "token_list"} if ai["explainer"] == "token_list" else llm_params(ai)
+
+
 def calls_api(cfg: Config) -> bool:
     """Compute nodes often have no internet: calls to the Anthropic API run on the submit host."""
     return cfg["autointerp"]["client"] == "anthropic"
@@ -25,7 +31,7 @@ def calls_api(cfg: Config) -> bool:
 
 def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
     for examples in so_far.all("examples"):
-        yield Planned(examples.name.removeprefix("examples/"), llm_params(cfg["autointerp"]),
+        yield Planned(examples.name.removeprefix("examples/"), explain_params(cfg["autointerp"]),
                       {"examples": examples}, dict(examples.labels))
 
 

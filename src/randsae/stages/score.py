@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from randsae.enums import LEXICAL
 from randsae.stage import Config, OutputFile, Planned, PlanSoFar, Resources, StageContext, StageDef
 from randsae.stages.explain import calls_api, llm_params
 
@@ -15,7 +16,10 @@ def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
     for explain in so_far.all("explain"):
         examples = so_far.find("examples", **explain.labels)
         for scorer in ai["scorers"]:
-            params = {**llm_params(ai), "scorer": scorer, "examples_per_prompt": ai["examples_per_prompt"], "seed": ai["seed"]}
+            # the lexical scorer asks no LLM and has no prompts: its key names neither a client,
+            # a model nor examples_per_prompt, so switching the LLM reruns no lexical score
+            llm = {} if scorer == LEXICAL else {**llm_params(ai), "examples_per_prompt": ai["examples_per_prompt"]}
+            params = {**llm, "scorer": scorer, "seed": ai["seed"]}
             yield Planned(f"{explain.name.removeprefix('explain/')}/{scorer}", params,
                           {"explain": explain, "examples": examples}, {**explain.labels, "scorer": scorer})
 
