@@ -12,6 +12,7 @@ Planted effects (what the discriminability tests look for):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,19 @@ def _metrics_row(u: SaeUnit, rng: np.random.Generator) -> SaeMetricsRow:
     )
 
 
-def _latents(u: SaeUnit, rng: np.random.Generator) -> pa.Table:
+#: Mean token entropy of a variant's sampled latents at a layer (the planted effect).
+EntropyMean = Callable[[str, int], float]
+
+
+def planted_entropy(variant: str, layer: int) -> float:
+    return 3.0 if variant == "trained" else 1.0
+
+
+def _latents(u: SaeUnit, rng: np.random.Generator, entropy_mean: EntropyMean = planted_entropy) -> pa.Table:
     n_fires = rng.integers(0, 400, N_LATENTS)
     n_fires[:4] = 0  # a few dead latents
     sampled = n_fires > 0
-    mean = 3.0 if u.variant == "trained" else 1.0
+    mean = entropy_mean(u.variant, u.layer)
     entropy = np.where(sampled, rng.normal(mean, 0.3, N_LATENTS), np.nan)
     lookup = np.where(n_fires > 0, rng.uniform(0, 1, N_LATENTS), np.nan)
     top_share = rng.uniform(0.2, 1.0, N_LATENTS)
@@ -138,8 +147,10 @@ def _scores(scorer: str, latents: list[int], rng: np.random.Generator) -> pa.Tab
     return table_from_rows(ScoreRow, rows)
 
 
-def build_synthetic_store(cfg: Config, stages: tuple[str, ...] = ALL_STAGES, seed: int = 0) -> Store:
-    """Publish the given stages' artifacts of every SAE of the plan into cfg['store']."""
+def build_synthetic_store(cfg: Config, stages: tuple[str, ...] = ALL_STAGES, seed: int = 0,
+                          entropy_mean: EntropyMean = planted_entropy) -> Store:
+    """Publish the given stages' artifacts of every SAE of the plan into cfg['store'];
+    ``entropy_mean(variant, layer)`` plants the token entropy (default: trained 3, others 1)."""
     plan = build_plan(cfg)
     store = Store(cfg["store"])
     rng = np.random.default_rng(seed)
@@ -151,7 +162,7 @@ def build_synthetic_store(cfg: Config, stages: tuple[str, ...] = ALL_STAGES, see
             _publish(store, u.sae, {"sae.safetensors": b"\0" * 64})
         if "sae_metrics" in stages:
             _publish(store, u.related["sae_metrics"], {"metrics.parquet": _metrics_row(u, rng)})
-        lat = _latents(u, rng)
+        lat = _latents(u, rng, entropy_mean)
         if "examples" in stages:
             _publish(store, u.related["examples"], {"latents.parquet": (LatentRow, lat), "examples.json": b"[]"})
         sampled = [int(x) for x in np.flatnonzero(lat.column("sampled").to_numpy(zero_copy_only=False))][:N_EXPLAINED]

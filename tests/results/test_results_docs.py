@@ -35,6 +35,15 @@ def test_every_table_view_and_column_is_documented(synth_db):
             assert re.search(rf"\b{re.escape(c)}\b", body), f"{name}.{c} undocumented"
 
 
+def test_the_claims_table_is_rendered_from_the_declarations():
+    """docs/results.md lists every claim of the findings table as findings.CLAIMS declares it."""
+    from randsae.results.findings import CLAIMS, claims_markdown
+
+    text = DOC.read_text()
+    assert claims_markdown() in text, "docs/results.md: the claims table drifted from findings.CLAIMS"
+    assert all(f"`{c.id}`" in text and c.paper in text for c in CLAIMS)
+
+
 def test_every_example_query_is_in_the_docs():
     text = DOC.read_text()
     for name, sql in EXAMPLE_QUERIES.items():

@@ -20,10 +20,12 @@ TABLES: dict[str, str] = {
     "auroc": "per SAE, scorer and explanation source: pooled AUROC with cluster-bootstrap CI, threshold metrics",
     "latent_auroc": "per latent, scorer and explanation source: AUROC and threshold metrics",
     "discriminability": "per model, layer, setting, metric and random variant: how well the metric separates trained from the variant",
+    "findings": "one row per claim of the paper: the statistic tested on this run's data, its CI and the computed verdict",
 }
 
 VIEWS: dict[str, str] = {
     "sae_metric_values": "long form of every per-SAE number: sae_metrics columns, pooled AUROCs, latent means",
     "variant_vs_trained": "every variant's per-SAE metric beside trained's (same model, layer, setting, seed)",
     "observations": "the samples discriminability compares: per-SAE values (level sae) and per-latent values (level latent)",
+    "headline": "one row per metric, one column per random variant: effect on the metric with its CI and a mark where it separates",
 }

@@ -34,8 +34,11 @@ from randsae.results.auroc import auroc_tables
 from randsae.results.catalog import TABLES, VIEWS
 from randsae.results.discriminability import discriminability
 from randsae.results.display import variant_order_macro_sql
+from randsae.results.findings import findings
+from randsae.results.headline import headline_view_sql
 from randsae.results.layout import ID_COLUMNS, ID_TYPES, FileRef, SaeUnit, file_refs, sae_units
 from randsae.stages import stage_defs
+from randsae.stages.sae import cached_activations
 from randsae.store import Store, code_version
 
 DB_NAME = "results.duckdb"
@@ -147,13 +150,13 @@ _UNIT_SETTINGS_SKIP = {"expansion", "k", "seed"}
 def _saes(con: duckdb.DuckDBPyConnection, store: Store, plan: Plan, units: list[SaeUnit]) -> None:
     rows = []
     for u in units:
-        acts = plan.get("activations", u.sae.inputs["activations"])
+        acts = cached_activations(u.sae, plan)  # None when the SAE's group streams
         related = {f"{stage}_key": (u.related[stage].key if stage in u.related else None)
                    for stage in ("sae_metrics", "latents", "examples", "explain")}
         settings = {k: v for k, v in sorted(u.sae.params.items()) if k not in _UNIT_SETTINGS_SKIP}
         rows.append({
             **u.ids(), "name": u.sae.name, "tag": u.tag, "built": store.exists("sae", u.sae.key),
-            "model_key": acts.inputs["model"], "activations_key": acts.key, **related,
+            "model_key": u.sae.inputs["model"], "activations_key": acts.key if acts else None, **related,
             "scorers": ",".join(sorted(u.scores)), **settings, "params": canonical_json(u.sae.params),
         })
     types = {n: _PA_TYPES[t] for n, t in ID_TYPES.items()}
@@ -282,6 +285,8 @@ def populate(con: duckdb.DuckDBPyConnection, cfg: Mapping[str, Any], store: Stor
     _create_from_arrow(con, "latent_auroc", per_latent)
     _views(con)
     _create_from_arrow(con, "discriminability", discriminability(con, seed, n_boot=n_boot, n_perm=n_perm, alpha=alpha))
+    con.execute(headline_view_sql([v for v in cfg["variants"] if v != TRAINED]))
+    _create_from_arrow(con, "findings", findings(con, seed, n_boot=n_boot))
     _comments(con)
 
 

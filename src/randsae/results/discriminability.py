@@ -26,6 +26,7 @@ correction for the many cells is applied, and with thousands of latents even a s
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -49,6 +50,10 @@ from randsae.results.stats import (
 )
 
 SAE_LEVEL, LATENT_LEVEL = "sae", "latent"
+#: Fewest values per side for a CI and a p-value.
+MIN_PER_SIDE = 2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ def compare(trained: np.ndarray, variant: np.ndarray, *, level: str, rng: np.ran
         "n_trained": int(a.size), "n_variant": int(b.size), "trained_value": _mean(a),
         "variant_value": _mean(b), "difference": _mean(b) - _mean(a), "effect_size": cohens_d(a, b), "auroc": auc,
     }
-    if a.size < 2 or b.size < 2:
+    if a.size < MIN_PER_SIDE or b.size < MIN_PER_SIDE:
         return Comparison(**common, difference_lo=math.nan, difference_hi=math.nan, p_value=math.nan,
                           auroc_lo=math.nan, auroc_hi=math.nan, separated=None,
                           note=f"n = {unit}; fewer than 2 per side: no CI or p-value")
@@ -151,4 +156,33 @@ def discriminability(con: duckdb.DuckDBPyConnection, seed: int, *, n_boot: int =
                 c = compare(trained, other, level=level, rng=rng, n_boot=n_boot, n_perm=n_perm, alpha=alpha)
                 rows.append({"model": model, "layer": layer, "expansion": expansion, "k": k, "level": level,
                              "metric": metric, "variant": variant, **asdict(c)})
+    undefined = [r for r in rows if r["level"] == SAE_LEVEL and r["separated"] is None]
+    if undefined:
+        log.warning("%s", undefined_rows_message(undefined, alpha))
     return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def seeds_for_verdict(alpha: float) -> int:
+    """Fewest seeds per side (equal sides) whose exact two-sided permutation test can reach
+    p < alpha: the smallest p is 2 / C(2n, n) (the extreme relabelling and its mirror)."""
+    n = MIN_PER_SIDE
+    while 2 / math.comb(2 * n, n) >= alpha:
+        n += 1
+    return n
+
+
+def undefined_rows_message(rows: list[dict[str, Any]], alpha: float) -> str:
+    """One warning naming the per-SAE rows without a CI or p-value (a side has fewer SAEs
+    than the statistic needs): the metrics, grouped by the (model, layer, setting, variant)
+    cells that share them, and the seeds needed."""
+    by_cell: dict[tuple[str, int, int, int, str], list[str]] = {}
+    for r in rows:
+        by_cell.setdefault((r["model"], r["layer"], r["expansion"], r["k"], r["variant"]), []).append(r["metric"])
+    by_metrics: dict[tuple[str, ...], list[str]] = {}
+    for (model, layer, expansion, k, variant), metrics in sorted(by_cell.items(), key=lambda kv: kv[0]):
+        by_metrics.setdefault(tuple(sorted(metrics)), []).append(f"{model} L{layer} x{expansion}-k{k} {variant}")
+    parts = [f"metrics {', '.join(ms)} at {'; '.join(cells)}" for ms, cells in by_metrics.items()]
+    return (f"discriminability: {len(rows)} per-SAE row(s) have no CI, p-value or verdict because a side has "
+            f"fewer than {MIN_PER_SIDE} SAEs (seeds): {' | '.join(parts)}. A CI and p-value need at least "
+            f"{MIN_PER_SIDE} seeds per variant (config `sae.seeds`); a verdict at alpha {alpha:g} needs at least "
+            f"{seeds_for_verdict(alpha)}.")

@@ -10,6 +10,13 @@ Variants sort in display order through the database's ``variant_order(variant)``
 from __future__ import annotations
 
 EXAMPLE_QUERIES: dict[str, str] = {
+    # At a glance: each metric's effect (variant - trained) per random variant, CI, and where it separates.
+    "headline": """
+SELECT * FROM headline""",
+    # The paper's claims tested on this run: statistic, CI and the verdict computed from them.
+    "findings": """
+SELECT id, verdict, round(value, 4) AS value, round(ci_lo, 4) AS ci_lo, round(ci_hi, 4) AS ci_hi, n, note
+FROM findings""",
     # How far is the pipeline? Planned vs built artifacts per stage.
     "progress": """
 SELECT stage, version, planned, built

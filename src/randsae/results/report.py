@@ -30,6 +30,7 @@ KEY_METRICS: tuple[tuple[str, str], ...] = (
     ("ce_loss_score", "CE score"),
     ("auroc_detection", "AUROC det"),
     ("auroc_fuzzing", "AUROC fuzz"),
+    ("auroc_lexical", "AUROC lex"),
     ("token_entropy_mean", "entropy"),
 )
 SUMMARY_MAX_ROWS = 40
@@ -70,11 +71,33 @@ SELECT model, layer, 'x' || expansion || '-k' || k AS setting, level, metric, va
        effect_size, p_value, auroc, auroc_lo, auroc_hi, separated, note
 FROM discriminability ORDER BY model, layer, expansion, k, level, metric, variant_order(variant), variant"""
 
+HEADLINE_SQL = "SELECT * FROM headline"
+
+FINDINGS_SQL = """
+SELECT claim, paper, statistic, rule, value, ci_lo, ci_hi, n, verdict, note FROM findings"""
+
 USAGE_SQL = """
 SELECT artifact_stage, client, llm_model, count(*) AS calls, count(*) FILTER (WHERE cached) AS cached_calls,
        sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens,
        sum(cache_write_tokens) AS cache_write_tokens, sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
 FROM llm_usage GROUP BY ALL ORDER BY ALL"""
+
+JUDGES_SQL = "SELECT DISTINCT scorer, client, llm_model FROM scores WHERE scorer IS NOT NULL ORDER BY ALL"
+#: Judges whose numbers only show that the pipeline runs (docs/autointerp.md, "Choosing the
+#: judge"): the packaged SmolLM2-135M, matched by name (``llm_model`` starts with it).
+PLUMBING_JUDGES: tuple[str, ...] = ("smollm2",)
+
+
+def judge_label(scorer: str, client: str | None, model: str | None) -> str:
+    """How the report names who produced a scorer's AUROCs; a SmolLM2 judge is labelled a
+    plumbing check, the lexical scorer a token-identity baseline."""
+    if client == "none":
+        return f"{scorer}: no LLM, word/token overlap with the explanation (a token-identity baseline)"
+    name = f"{scorer}: judged by {model} ({client})"
+    if (model or "").lower().startswith(PLUMBING_JUDGES):
+        return f"{name}: a plumbing check, not a result (this judge scores close to chance)"
+    return name
+
 
 EXPLANATIONS_SQL = """
 SELECT model, variant, count(*) AS latents, count(*) FILTER (WHERE ok) AS ok,
@@ -135,8 +158,11 @@ def render_report(db: Db, out: str | os.PathLike[str], figures: Mapping[str, Pat
         progress = _fetch(con, "SELECT stage, version, planned, built FROM progress ORDER BY stage_order")
         metrics = _fetch(con, metrics_by_variant_sql())
         disc = _fetch(con, DISCRIMINABILITY_SQL)
+        headline = _fetch(con, HEADLINE_SQL)
+        found = _fetch(con, FINDINGS_SQL)
         usage = _fetch(con, USAGE_SQL)
         expl = _fetch(con, EXPLANATIONS_SQL)
+        judges = [judge_label(*r) for r in con.sql(JUDGES_SQL).fetchall()]
         total = con.execute("SELECT count(*), coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cached) FROM llm_usage").fetchall()[0]
         n_sep = con.execute("SELECT count(*) FILTER (WHERE separated), count(*) FROM discriminability").fetchall()[0]
     built_at, code, root, seed, n_boot, n_perm, alpha = runs[0] if runs else (None,) * 7
@@ -147,12 +173,23 @@ def render_report(db: Db, out: str | os.PathLike[str], figures: Mapping[str, Pat
         f"<p>Built {html.escape(format_cell(built_at))} UTC by randsae {html.escape(str(code))} from the store at "
         f"<code>{html.escape(str(root))}</code>. Resampling: seed {seed}, {n_boot} bootstrap resamples, "
         f"{n_perm} permutations, alpha {alpha}. Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>",
+        "<h2>Headline</h2>",
+        "<p>One row per metric, one column per random variant: the effect (variant - trained, mean over "
+        "models, layers and SAE settings) with its 95% CI; <b>*</b> where the metric separates trained from "
+        "the variant in every cell compared, k/n where in k of n. The full table is under Discriminability; "
+        "see docs/results.md for the method.</p>",
+        _html_table(*headline, scroll=True),
+        "<h2>Findings: the paper's claims tested on this run</h2>",
+        "<p>Each claim's statistic computed from this run's data, with a 95% bootstrap CI; the verdict "
+        "follows from the CI by the stated rule (never written by hand). See docs/results.md.</p>",
+        _html_table(*found),
         "<h2>Progress</h2>", _html_table(*progress),
         "<h2>Figures</h2>",
         *[_img(p, captions.get(name, name)) for name, p in figures.items()],
         "<h2>Per-SAE metrics by variant</h2>",
         "<p>Mean over seeds. AUROCs are pooled over each SAE's scored latents (own explanations); "
         "entropy is the mean token entropy of the sampled latents.</p>",
+        *(["<p>Who judged: " + "; ".join(html.escape(j) for j in judges) + ".</p>"] if judges else []),
         _html_table(*metrics, scroll=True),
         "<h2>Discriminability</h2>",
         f"<p>{n_sep[0] if n_sep else 0} of {n_sep[1] if n_sep else 0} comparisons separate trained from the variant "
@@ -188,6 +225,7 @@ def summary_table(db: Db) -> str:
         top = con.sql("SELECT metric, variant, model, layer, auroc, p_value FROM discriminability "
                       "WHERE separated AND level = 'latent' ORDER BY abs(auroc - 0.5) DESC LIMIT 5").fetchall()
         calls, cost = con.execute("SELECT count(*), coalesce(sum(cost_usd), 0) FROM llm_usage").fetchall()[0]
+        found = con.sql("SELECT id, verdict, value, ci_lo, ci_hi FROM findings").fetchall()
     lines = ["SAE metrics (mean over seeds)"]
     if rows:
         shown = rows[:SUMMARY_MAX_ROWS]
@@ -201,5 +239,8 @@ def summary_table(db: Db) -> str:
             lines.append(f"  {metric} vs {variant}: {model} layer {layer}, AUROC {format_cell(auroc)}, p {format_cell(p)}")
     else:
         lines.append("Discriminability: no comparisons yet")
+    lines.append("Findings (the paper's claims on this run; docs/results.md)")
+    for claim, verdict, value, lo, hi in found:
+        lines.append(f"  {claim}: {verdict} ({format_cell(value)} [{format_cell(lo)}, {format_cell(hi)}])")
     lines.append(f"LLM usage: {calls} calls, ${float(cost):.4f}")
     return "\n".join(lines) + "\n"

@@ -97,6 +97,15 @@ def _counts(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
     return np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
 
 
+def bootstrap_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of ``n_boot`` resamples of ``x`` (with replacement, size ``x.size``), in chunks
+    of ``CHUNK`` resamples so memory stays at about ``CHUNK * x.size`` floats."""
+    x = np.asarray(x, dtype=np.float64)
+    out = [_counts(rng, x.size, min(CHUNK, n_boot - start)).astype(np.float64) @ x / x.size
+           for start in range(0, n_boot, CHUNK)]
+    return np.concatenate(out) if out else np.empty(0)
+
+
 @dataclass(frozen=True)
 class TwoSampleBootstrap:
     """Bootstrap distributions of mean(b) - mean(a) and of AUROC(a above b)."""
