@@ -13,7 +13,9 @@ from torch import nn
 from randsae.metrics import SparseCoder
 from randsae.metrics.downstream import (
     DownstreamStats,
+    SaeEval,
     evaluate_batch,
+    evaluate_batch_group,
     prediction_mask,
 )
 from randsae.metrics.splice import clean_forward, spliced_logits
@@ -436,3 +438,56 @@ def test_without_skip_both_branches_replace_position_0(tiny_model, tiny_sae, tok
     assert logits_zero.shape[0] == 1  # the shared single sequence
     assert not torch.allclose(logits_zero[0, 0], clean[0, 0], atol=1e-2)
     assert not torch.allclose(logits_sae[:, 0], clean[:, 0], atol=1e-3)
+
+
+_STAT_FIELDS = ("n_tokens", "nll_clean", "nll_sae", "nll_zero", "kl_sae", "kl_zero")
+_RECON_FIELDS = ("n_tokens", "sse", "cos_sum", "norm_in_sum", "norm_out_sum", "ratio_sum", "n_ratio",
+                 "dot_sum", "sq_out_sum", "l0_sum", "l1_sum")
+
+
+@pytest.mark.parametrize("skip_first", [False, True])
+def test_group_of_saes_shares_the_prefix_and_equals_each_sae_alone(tiny_model, token_ids, skip_first) -> None:
+    """Three SAEs in one pass: the prefix once, the clean and zero continuations once, one
+    continuation per SAE; and each SAE's statistics are bit for bit those of evaluating it
+    alone (over two batches, with the zero cache, as the stage runs it)."""
+    _, model = tiny_model
+    layer = 1
+    saes = [TinyTopK(HIDDEN, n * HIDDEN, k=4, seed=s) for s, n in ((0, 4), (1, 4), (2, 2))]
+    group = [SaeEval(sae, sae.n_latents, DownstreamStats(), ReconstructionStats()) for sae in saes]
+    blocks = get_blocks(model)
+    calls = {"prefix": 0, "last": 0}
+    handles = [blocks[layer].register_forward_hook(lambda *_: calls.__setitem__("prefix", calls["prefix"] + 1)),
+               blocks[-1].register_forward_hook(lambda *_: calls.__setitem__("last", calls["last"] + 1))]
+    batches = (token_ids[:2], token_ids[2:])
+    cache: dict = {}
+    try:
+        for ids in batches:
+            evaluate_batch_group(model, group, ids, layer, skip_first_position=skip_first, zero_cache=cache)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls["prefix"] == 2  # once per batch, not once per SAE
+    # per batch: clean + one per SAE, and the zero branch once per batch (skip_first) or once
+    # per evaluation (shared zero sequence, cached)
+    assert calls["last"] == 2 * (1 + len(saes)) + (2 if skip_first else 1)
+    for one in group:
+        alone_ds, alone_rs, alone_cache = DownstreamStats(), ReconstructionStats(), {}
+        for ids in batches:
+            evaluate_batch(model, one.sae, ids, layer, one.n_latents, alone_ds, alone_rs,
+                           skip_first_position=skip_first, zero_cache=alone_cache)
+        for name in _STAT_FIELDS:
+            assert getattr(one.downstream, name) == getattr(alone_ds, name), name
+        assert one.recon is not None
+        for name in _RECON_FIELDS:
+            assert getattr(one.recon, name) == getattr(alone_rs, name), name
+        assert torch.equal(one.recon.firing_counts, alone_rs.firing_counts)
+        assert torch.equal(one.recon.m2, alone_rs.m2)
+    # the SAEs really differ, so equality above is per SAE, not one row copied
+    assert len({one.downstream.nll_sae for one in group}) == len(saes)
+    assert len({one.downstream.nll_clean for one in group}) == 1
+
+
+def test_group_refuses_no_saes(tiny_model, token_ids) -> None:
+    _, model = tiny_model
+    with pytest.raises(ValueError, match="no SAEs"):
+        evaluate_batch_group(model, [], token_ids, 1)

@@ -1,7 +1,8 @@
 """Stage `sae_metrics` on a tiny model: the row equals independent hooked full forwards over
 the eval split, with position 0 kept clean in both the SAE and the zero branch and not counted
 (drop_first_position, the default), and the control variant's noise seeded per sequence (the
-stage's batches of 3 give the reference's single batch)."""
+stage's batches of 3 give the reference's single batch). The SAEs of one hookpoint share one
+job, and each one's files are bit for bit those of a job measuring it alone."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from randsae.models.artifact import load_model_artifact
 from randsae.models.variants import control_row_seeds, control_seed
 from randsae.plan import build_plan
 from randsae.sae import SaeConfig, TopKSAE
-from randsae.stages import build
+from randsae.stages import build, build_group, stage_def
 from randsae.store import Store
 
 
@@ -103,13 +104,7 @@ def test_the_row_is_bitwise_the_same_for_any_batch_size(built, tmp_path):
     spec, row3 = rows["control"]
     for batch_size in (1, 5):
         other = Store(tmp_path / f"b{batch_size}")
-        for ref in spec["inputs"].values():  # the same inputs, copied by hard link
-            src = store.root / ref
-            for f in src.rglob("*"):
-                if f.is_file():
-                    dst = other.root / ref / f.relative_to(src)
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    dst.hardlink_to(f)
+        _link_inputs(spec, store, other)
         path = build(spec, other, {"batch_size": batch_size})
         row = pq.read_table(path / "metrics.parquet").to_pylist()[0]
         differ = {k: (row[k], row3[k]) for k in row if not _same(row[k], row3[k])}
@@ -119,3 +114,80 @@ def test_the_row_is_bitwise_the_same_for_any_batch_size(built, tmp_path):
 def _same(a, b) -> bool:
     """Equal bit for bit, NaN equal to NaN (a metric undefined on this tiny model)."""
     return a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))
+
+
+def _link_inputs(spec, src_store, dst_store) -> None:
+    """The same input artifacts in another store, copied by hard link."""
+    for ref in spec["inputs"].values():
+        src = src_store.root / ref
+        for f in src.rglob("*"):
+            if f.is_file():
+                dst = dst_store.root / ref / f.relative_to(src)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if not dst.exists():
+                    dst.hardlink_to(f)
+
+
+def _three_seed_store(root, model_dir, drop_first_position: bool):
+    """Store with the inputs of 3 SAEs (seeds 0-2, different random weights) per variant."""
+    cfg = tiny_config(model_dir, root)
+    cfg["variants"] = ["trained", "control"]
+    cfg["sae"]["seeds"] = [0, 1, 2]
+    cfg["activations"] = {"drop_first_position": drop_first_position}
+    plan = build_plan(normalise(cfg))
+    store = Store(root)
+    for a in plan.stage("model") + [plan.by_name["tokens/tiny/kjv/eval"]]:
+        build(a.spec(), store)
+    for a in plan.stage("sae"):
+        with store.publish(a.spec()) as b:
+            sae = TopKSAE.initialised(32, 64, 4, seed=10 + a.labels["seed"])
+            sae.config = SaeConfig(expansion_factor=2, k=4)
+            sae.save(b.workdir)
+            (b.workdir / "train_summary.json").write_text(json.dumps({"dead_fraction": 0.0}))
+    return plan, store
+
+
+def test_the_plan_groups_the_saes_of_one_hookpoint(tmp_path, tiny_model_dir):
+    cfg = tiny_config(tiny_model_dir, tmp_path / "store", **{"sae.expansion": [2, 4], "sae.seeds": [0, 1, 2]})
+    cfg["variants"] = ["trained", "control"]
+    plan = build_plan(normalise(cfg))
+    arts = plan.stage("sae_metrics")
+    groups: dict[str, list] = {}
+    for a in arts:
+        groups.setdefault(stage_def("sae_metrics").group(a), []).append(a)
+    assert len(arts) == 12 and len(groups) == 2  # 2 variants x (2 expansions x 3 seeds)
+    for members in groups.values():
+        assert len({a.labels["variant"] for a in members}) == 1 and len({a.inputs["sae"] for a in members}) == 6
+
+
+@pytest.mark.parametrize("drop_first_position", [True, False])
+def test_a_group_job_writes_each_sae_s_files_bit_for_bit_as_a_job_of_that_sae_alone(
+    tmp_path, tiny_model_dir, drop_first_position
+):
+    plan, store = _three_seed_store(tmp_path / "group", tiny_model_dir, drop_first_position)
+    specs = [a.spec() for a in plan.stage("sae_metrics") if a.labels["variant"] == "control"]
+    assert len(specs) == 3
+    build_group(specs, store, {"batch_size": 3})
+    rows = []
+    for i, spec in enumerate(specs):
+        alone = Store(tmp_path / f"alone{i}")
+        _link_inputs(spec, store, alone)
+        build(spec, alone, {"batch_size": 3})
+        for name in ("metrics.parquet", "firing_counts.parquet"):
+            got = (store.path("sae_metrics", spec["key"]) / name).read_bytes()
+            assert got == (alone.path("sae_metrics", spec["key"]) / name).read_bytes(), (spec["name"], name)
+        rows.append(pq.read_table(store.path("sae_metrics", spec["key"]) / "metrics.parquet").to_pylist()[0])
+        assert store.meta("sae_metrics", spec["key"])["info"]["saes_in_job"] == 3
+    # three different SAEs: three different rows (not one row written three times) ...
+    assert len({r["fvu"] for r in rows}) == 3 and len({r["ce_sae"] for r in rows}) == 3
+    # ... over one clean and one zero-ablated pass
+    assert len({r["ce_clean"] for r in rows}) == 1 and len({r["ce_zero"] for r in rows}) == 1
+
+
+def test_a_group_of_different_hookpoints_is_refused(tmp_path, tiny_model_dir):
+    plan, store = _three_seed_store(tmp_path / "s", tiny_model_dir, True)
+    trained, control = (next(a.spec() for a in plan.stage("sae_metrics") if a.labels["variant"] == v)
+                        for v in ("trained", "control"))
+    with pytest.raises(ValueError, match="only SAEs of one hookpoint share a job"):
+        build_group([trained, control], store)
+    assert not store.exists("sae_metrics", trained["key"]) and not store.exists("sae_metrics", control["key"])

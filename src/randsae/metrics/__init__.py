@@ -9,7 +9,9 @@ from randsae.metrics.coder import SparseCoder
 from randsae.metrics.downstream import (
     DownstreamResult,
     DownstreamStats,
+    SaeEval,
     evaluate_batch,
+    evaluate_batch_group,
     prediction_mask,
 )
 from randsae.metrics.schema import (
@@ -35,12 +37,14 @@ __all__ = [
     "Prefix",
     "ReconstructionResult",
     "ReconstructionStats",
+    "SaeEval",
     "SaeMetricsRow",
     "SparseCoder",
     "build_row",
     "clean_forward",
     "dead_fraction",
     "evaluate_batch",
+    "evaluate_batch_group",
     "prediction_mask",
     "spliced_logits",
     "write_firing_counts",

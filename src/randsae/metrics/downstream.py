@@ -4,6 +4,8 @@ For every batch the prefix (embedding + blocks 0..layer) runs once (``splice.cle
 then the rest of the model runs for three hookpoint values: clean (the continuation of that same
 forward), the SAE reconstruction, and zeros (``splice.spliced_logits``). CE and KL sums stream
 into fp64 accumulators, so the result does not depend on how the eval set is batched.
+Several SAEs of the same hookpoint share one pass (:func:`evaluate_batch_group`): the prefix,
+the clean and the zero branch run once per batch, and each SAE adds its own spliced branch.
 
 Which predictions count (the masking rule): the logits at position ``t`` predict token ``t+1``.
 Positions ``0..T-2`` of each sequence count, i.e. every token except the first is a target, and
@@ -343,6 +345,18 @@ def _zero_logits(
     return logits_zero
 
 
+@dataclass
+class SaeEval:
+    """One sparse coder measured in a shared pass (:func:`evaluate_batch_group`), with its
+    own accumulators: ``downstream`` gets its CE/KL sums, ``recon`` (if given) its
+    reconstruction statistics; ``n_latents`` is its dictionary size (for the firing counts)."""
+
+    sae: SparseCoder
+    n_latents: int
+    downstream: DownstreamStats
+    recon: ReconstructionStats | None = None
+
+
 @torch.no_grad()
 def evaluate_batch(
     model: nn.Module,
@@ -364,7 +378,34 @@ def evaluate_batch(
     Runs the prefix once, encodes/decodes block ``layer``'s output with ``sae`` (cast to
     ``sae_dtype`` if given), feeds ``recon`` (every non-padding position, except position 0
     with ``skip_first_position``) and ``downstream`` (the counted predictions, see the module
-    doc).
+    doc). :func:`evaluate_batch_group` with one SAE; the options are explained there.
+    """
+    evaluate_batch_group(
+        model, [SaeEval(sae, n_latents, downstream, recon)], input_ids, layer, attention_mask,
+        exclude_target_ids, sae_dtype, single_zero_sequence, skip_first_position, zero_cache,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate_batch_group(
+    model: nn.Module,
+    saes: Sequence[SaeEval],
+    input_ids: torch.Tensor,
+    layer: int,
+    attention_mask: torch.Tensor | None = None,
+    exclude_target_ids: Sequence[int] = (),
+    sae_dtype: torch.dtype | None = None,
+    single_zero_sequence: bool = True,
+    skip_first_position: bool = False,
+    zero_cache: dict[tuple[int, ...], torch.Tensor] | None = None,
+) -> None:
+    """All metrics of several SAEs of the same hookpoint for one batch ``input_ids [B, T]``.
+
+    The prefix and the clean branch run once, the zero branch once, then each SAE adds only
+    its own encode/decode, its spliced branch and its own statistics. Every SAE's statistics
+    are exactly (bit for bit) those of evaluating it alone: the shared branches are the same
+    computation whatever the other SAEs are, and each SAE's own work does not depend on them.
+    Memory: the clean and zero logits and one SAE's logits at a time, as for one SAE.
 
     ``skip_first_position`` matches activations cached with ``drop_first_position``: the
     SAE never saw position 0, so position 0 is left out of the reconstruction statistics,
@@ -385,32 +426,18 @@ def evaluate_batch(
     model, same layer) and the zero branch runs once per evaluation instead of once per
     batch. Never share it between models or layers.
     """
+    if not saes:
+        raise ValueError("evaluate_batch_group: no SAEs to evaluate")
     prefix = clean_forward(model, input_ids, layer, attention_mask)
     h = prefix.hidden
     b, t, d = h.shape
     x = h.reshape(b * t, d)
     x_in = x if sae_dtype is None else x.to(sae_dtype)
-    values, indices = sae.encode(x_in)
-    x_hat = sae.decode(values, indices)
     counted = torch.ones(b, t, dtype=torch.bool, device=h.device) if attention_mask is None else attention_mask.bool()
     if skip_first_position:
         counted = counted.clone()
         counted[:, 0] = False
-    if recon is not None:
-        # One update per sequence, so the fp64 sums are grouped the same way whatever the batch
-        # size (an execution setting): the row is then bitwise independent of batching.
-        for i in range(b):
-            rows = slice(i * t, (i + 1) * t)
-            keep = counted[i]
-            if bool(keep.all()):
-                recon.update(x[rows], x_hat[rows], values[rows], indices[rows], n_latents)
-            else:
-                recon.update(x[rows][keep], x_hat[rows][keep], values[rows][keep], indices[rows][keep], n_latents)
-    spliced = x_hat.reshape(b, t, d).to(h.dtype)
-    if skip_first_position:
-        spliced = spliced.clone()
-        spliced[:, 0] = h[:, 0]
-    logits_sae = spliced_logits(model, prefix, spliced)
+    # The zero branch does not depend on the SAE: once for all of them.
     if skip_first_position:  # position 0 as in the SAE branch: clean, per sequence
         zeros = h.new_zeros(b, t, d)
         zeros[:, 0] = h[:, 0]
@@ -418,6 +445,40 @@ def evaluate_batch(
     else:
         logits_zero = _zero_logits(model, prefix, attention_mask, single_zero_sequence, zero_cache)
     count_mask = counted.long() if (skip_first_position or attention_mask is not None) else None
-    downstream.update(
-        prefix.logits, logits_sae, logits_zero, input_ids, count_mask, exclude_target_ids
-    )
+    for one in saes:
+        values, indices = one.sae.encode(x_in)
+        x_hat = one.sae.decode(values, indices)
+        if one.recon is not None:
+            _update_recon(one.recon, x, x_hat, values, indices, counted, one.n_latents)
+        spliced = x_hat.reshape(b, t, d).to(h.dtype)
+        if skip_first_position:
+            spliced = spliced.clone()
+            spliced[:, 0] = h[:, 0]
+        logits_sae = spliced_logits(model, prefix, spliced)
+        one.downstream.update(
+            prefix.logits, logits_sae, logits_zero, input_ids, count_mask, exclude_target_ids
+        )
+        del logits_sae  # before the next SAE's branch: one SAE's logits in memory at a time
+
+
+def _update_recon(
+    recon: ReconstructionStats,
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    counted: torch.Tensor,
+    n_latents: int,
+) -> None:
+    """Feed ``recon`` the counted positions (``counted [B, T]``) of a batch whose rows are
+    ``B * T`` flattened positions. One update per sequence, so the fp64 sums are grouped the
+    same way whatever the batch size (an execution setting): the row is then bitwise
+    independent of batching."""
+    b, t = counted.shape
+    for i in range(b):
+        rows = slice(i * t, (i + 1) * t)
+        keep = counted[i]
+        if bool(keep.all()):
+            recon.update(x[rows], x_hat[rows], values[rows], indices[rows], n_latents)
+        else:
+            recon.update(x[rows][keep], x_hat[rows][keep], values[rows][keep], indices[rows][keep], n_latents)
