@@ -30,7 +30,7 @@ from randsae.checks import preflight
 from randsae.config import DEFAULT_CONFIG, load_config
 from randsae.errors import RandsaeError
 from randsae.inputs import pin_inputs
-from randsae.plan import build_plan, estimate_bytes, stage_names, summary
+from randsae.plan import build_plan, stage_names, summary
 from randsae.store import KEY_RE, Store, known_stages
 
 
@@ -59,7 +59,9 @@ def _store_for(args: argparse.Namespace) -> Store:
 def cmd_plan(args: argparse.Namespace) -> int:
     cfg = preflight(load_config(args.configfile))  # pinned to its input files and checked
     plan = build_plan(cfg)
-    est = estimate_bytes(cfg)
+    from randsae.estimates import estimate, format_estimates
+
+    est = estimate(cfg, plan)  # store size, GPU-hours, LLM cost, memory (docs/estimates.md)
     if args.json:
         out = {
             "artifacts": [
@@ -68,7 +70,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 for a in plan
             ],
             "jobs": summary(plan),
-            "estimated_bytes": est,
+            "estimates": est.to_json(),
         }
         json.dump(out, sys.stdout, indent=1)
         print()
@@ -82,7 +84,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for stage in stage_names():
         print(f"  {stage:<{width}} {counts[stage]:>7}")
     print(f"  {'total':<{width}} {len(plan):>7}")
-    print(f"estimated disk: activations {_human_bytes(est['activations'])}, latent caches {_human_bytes(est['latents'])}")
+    print()
+    print(format_estimates(est))
     return 0
 
 

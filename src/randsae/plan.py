@@ -20,10 +20,9 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from randsae.config import Config, as_list
+from randsae.config import Config
 from randsae.stage import Artifact, Planned, PlanSoFar
 from randsae.stages import stage_def, stage_defs
-from randsae.stages.sae import sae_grid
 
 KEY_LENGTH = 20  # hex digits of sha256: 80 bits
 
@@ -118,7 +117,8 @@ def build_plan(cfg: Config) -> Plan:
     return Plan(out)
 
 
-# ------------------------------------------------------------------------ summary / estimate
+# ------------------------------------------------------------------------ summary
+# (store size, GPU-hours and LLM cost: randsae.estimates)
 
 
 def model_dims(cfg: Config, mname: str) -> tuple[int, int] | None:
@@ -130,26 +130,6 @@ def model_dims(cfg: Config, mname: str) -> tuple[int, int] | None:
     if m.get("d_model"):
         return (m["d_model"], dims[1] if dims else 0)
     return dims
-
-
-def estimate_bytes(cfg: Config) -> dict[str, int | None]:
-    """Disk estimate for the two big artifact families. None where a model width is unknown
-    (set models.<name>.d_model)."""
-    bytes_per = {"bfloat16": 2, "float16": 2, "float32": 4}[cfg["activations"]["dtype"]]
-    splits = cfg["corpus"]["splits"]
-    n_saes_per_layer = len(sae_grid(cfg))
-    acts: int | None = 0
-    latents = 0
-    for mname, m in cfg["models"].items():
-        dims = model_dims(cfg, mname)
-        n = len(cfg["variants"]) * len(m["layers"])
-        if dims is None or acts is None:
-            acts = None
-        else:
-            acts += n * splits["train"]["tokens"] * dims[0] * bytes_per
-        ks = as_list(cfg["sae"]["k"])
-        latents += n * n_saes_per_layer * splits["interp"]["tokens"] * max(ks) * (4 + 2)
-    return {"activations": acts, "latents": latents}
 
 
 def summary(plan: Plan) -> dict[str, int]:
