@@ -4,6 +4,8 @@
 # A stage with `group` (activations: every layer of a model variant in one forward pass) gets
 # one rule per group instead, whose outputs are exactly the group's artifacts not yet in the
 # store: adding a layer later makes a job for that layer alone.
+# A stage's `extra_inputs` (sae: the cached activations, when the config caches them) are
+# inputs of its rules too, so Snakemake builds them first; no key covers them.
 import hashlib
 from collections import defaultdict
 
@@ -17,6 +19,24 @@ def _settings(stage):
     return shlex.quote(canonical_json(execution_settings(CFG, stage)))
 
 
+def _extra_inputs(stage, arts):
+    """Links to the extra inputs of ``arts`` (the stage's `extra_inputs`), named extra_0, ..."""
+    if stage.extra_inputs is None:
+        return {}
+    links = sorted({artifact_link(x) for a in arts for x in stage.extra_inputs(a, PLAN)})
+    return {f"extra_{i}": link for i, link in enumerate(links)}
+
+
+def _with_extra_inputs(stage):
+    """Input function of a per-artifact rule: its keyed inputs and its extra inputs."""
+    keyed = stage_inputs(stage.name)
+
+    def inputs(wildcards):
+        return {**keyed(wildcards), **_extra_inputs(stage, [PLAN.get(stage.name, wildcards.key)])}
+
+    return inputs
+
+
 def _resources(stage):
     """The stage's default resources (GPU requests are the SLURM profile's: profiles/slurm)."""
     return {"mem_mb": stage.resources.mem_mb, "runtime": stage.resources.runtime}
@@ -28,7 +48,7 @@ for _stage in stage_defs().values():
         rule:
             name: _stage.name
             output: directory(link_path(_stage.name, "{key}"))
-            input: unpack(stage_inputs(_stage.name))
+            input: unpack(_with_extra_inputs(_stage))
             params: spec=stage_spec(_stage.name), settings=_settings(_stage.name)
             log: f"logs/{_stage.name}/{{key}}.log"
             wildcard_constraints: key=KEY_PATTERN
@@ -47,7 +67,9 @@ for _stage in stage_defs().values():
         _todo = [a for a in sorted(_arts, key=lambda a: a.key) if not STORE_NOW.exists(a.stage, a.key)]
         if not _todo:
             continue
-        _in = {role: link_path(_todo[0].input_stages[role], k) for role, k in _todo[0].inputs.items()}
+        # every member's inputs (sae_metrics: the group's SAEs differ), not just the first's
+        _in = {role: sorted({link_path(a.input_stages[role], a.inputs[role]) for a in _todo}) for role in _todo[0].inputs}
+        _in.update(_extra_inputs(_stage, _todo))
 
         rule:
             name: f"{_stage.name}_{_gid}"

@@ -24,7 +24,7 @@ def test_a_missing_input_is_one_line_without_traceback(tmp_path):
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("randsae: ")]
-    assert len(lines) == 1 and "is not in the store" in lines[0] and spec["name"] in lines[0] and "activations" in lines[0]
+    assert len(lines) == 1 and "is not in the store" in lines[0] and spec["name"] in lines[0] and "input model" in lines[0]
 
 
 def test_a_bad_execution_setting_names_itself(tmp_path):

@@ -95,13 +95,13 @@ EDITS = [
     ("sae.k", 8, {"sae"}),
     ("sae.lr", 1e-3, {"sae"}),
     ("sae.seeds", [1], {"sae"}),
-    ("activations.dtype", "float32", {"activations"}),
+    ("activations.dtype", "float32", {"activations", "sae"}),  # the SAE keys the dtype it trains on
     ("corpus.splits.train.tokens", 4096, {"tokens:train"}),
     ("corpus.splits.eval.tokens", 1024, {"tokens:eval", "tokens:interp", "tokens:train"}),
     ("corpus.shuffle_seed", 3, {"tokens:eval", "tokens:interp", "tokens:train"}),
     ("metrics.max_tokens", 512, {"sae_metrics"}),
     ("autointerp.explainer", "llm", {"explain"}),
-    ("autointerp.local_model", "/models/another-judge", {"explain"}),
+    ("autointerp.local_model", "/models/another-judge", {"score"}),  # the token-list explainer's key names no judge
     ("autointerp.anthropic_model", "claude-opus-5-5", set()),  # the config's client is local
     ("autointerp.n_latents", 5, {"examples"}),
     ("seed", 7, {"model:random"}),
@@ -168,8 +168,13 @@ def test_paper_plan_is_fast_and_complete():
     elapsed = time.perf_counter() - t
     assert elapsed < 10  # a budget named in the issue, with a wide margin
     assert "sae/pythia-6.9b/control/L28/x64-k32/s0" in out
-    assert "activations/pythia-70m/step0/L5" in out
-    assert "estimated disk" in out
+    # 614 GB of train activations per variant of pythia-70m, over the default cache budget: streamed
+    assert "activations/pythia-70m/" not in out and "sae/pythia-70m/step0/L5/x64-k32/s0" in out
+    assert "estimated disk peak" in out
+    # the estimates: a table per stage with GPU-hours, the largest job's memory, the assumptions
+    assert "A100-h" in out and "H100-h" in out and "GPU-hours without the LLM judge" in out
+    assert "largest SAE job's device memory: sae pythia-6.9b/" in out
+    assert "assumptions:" in out and "forward_mfu" in out
 
 
 def test_plan_json(tmp_path):

@@ -23,6 +23,7 @@ from randsae.config import normalise
 from randsae.inputs import pin_inputs
 from randsae.plan import build_plan
 from randsae.stages import build, build_group
+from randsae.stages.sae import cached_activations
 from randsae.store import MARKER, DamagedArtifact, InputCheck, NotAStore, Store
 
 SAE = "sae/tiny/trained/L1/x2-k4/s0"
@@ -236,7 +237,7 @@ def test_a_flipped_byte_in_an_sae_stops_its_consumers_and_store_rm_gets_it_rebui
     res = subprocess.run([sys.executable, "-m", "randsae", *command.split()[1:]], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert f"removed sae/{sae.key}  {SAE}" in res.stdout
-    assert not store.path("sae", sae.key).exists() and store.exists("activations", sae.inputs["activations"])
+    assert not store.path("sae", sae.key).exists() and store.exists("activations", cached_activations(sae, plan).key)
     build(sae.spec(), store)  # the next run rebuilds it: the same bits, and its consumer runs
     build(metrics.spec(), store)
     assert sha(store, SAE, plan, "sae.safetensors") == before and store.verify() == []
@@ -257,7 +258,8 @@ def test_a_deleted_meta_json_is_reported_and_store_rm_removes_it_and_its_depende
     rc, out, _ = cli(capsys, "store", "rm", f"model/{model.key}", "--store", str(store.root), "--dry-run")
     lines = [line.split()[2] for line in out.splitlines() if line.startswith("would remove")]
     tokens = sorted(f"tokens/{a.key}" for a in plan.stage("tokens"))
-    assert rc == 0 and sorted(lines[:3]) == tokens and lines[3:] == [f"model/{model.key}"], out
+    sae = f"sae/{plan.by_name[SAE].key}"  # reads the model directly (its activations are an execution choice)
+    assert rc == 0 and lines[0] == sae and sorted(lines[1:4]) == tokens and lines[4:] == [f"model/{model.key}"], out
     assert store.path("model", model.key).is_dir() and all(store.exists(*t.split("/")) for t in tokens)
     assert f"model/{model.key}  (no meta.json)" in out
     # with the config, the whole plan downstream counts (the SAE reads the activations removed above)

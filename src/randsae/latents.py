@@ -103,6 +103,10 @@ def resolve_hookpoint(sae_dir: str | Path, store_root: str | Path) -> Hookpoint:
     info = meta.get("info") or {}
     ref = (meta.get("inputs") or {}).get("activations")
     acts = (_read_json(store_root / ref / "meta.json").get("params") or {}) if ref else {}
+    own = meta.get("params") or {}
+    if not ref and "activations_dtype" in own:  # sae stage 3: its own params say where it reads
+        ref, acts = "(the SAE's params)", {"layer": own["layer"], "drop_first_position": own["drop_first_position"],
+                                           "dtype": own["activations_dtype"]}
     cfg = _read_json(sae_dir / "cfg.json")
     for source, record in (("sae meta.json info", info), (f"activations input {ref}", acts), ("sae cfg.json", cfg)):
         if record.get("layer") is not None:

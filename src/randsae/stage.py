@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from randsae.plan import Plan
     from randsae.store import Store
 
 Config = dict[str, Any]
@@ -150,6 +151,10 @@ class StageDef:
     are built by one job (for example every layer of one model variant in one forward pass).
     ``local``: whether jobs must run on the submit host for this config (API calls from a
     cluster whose compute nodes have no internet).
+    ``extra_inputs``: artifacts a job of this stage reads when the plan has them, beyond its
+    keyed inputs (the sae jobs read cached activations when the config caches them): the rules
+    list them as inputs, so Snakemake orders the jobs, and no key covers them, so an artifact's
+    key is the same with or without them.
     """
 
     name: str
@@ -163,6 +168,7 @@ class StageDef:
     run_group: Callable[[list[StageContext]], None] | None = None
     group: Callable[[Artifact], str] | None = None
     local: Callable[[Config], bool] = lambda cfg: False
+    extra_inputs: Callable[[Artifact, Plan], list[Artifact]] | None = None
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.run_group is None):

@@ -100,13 +100,29 @@ def test_several_seeds_in_one_pass_equal_separate_runs(
     for name, cfg in zip("ab", cfgs):
         train_sae(acts, tmp_path / f"solo_{name}", cfg, tmp_path / f"ck_{name}", progress=False)
         _assert_same_sae(tmp_path / name, tmp_path / f"solo_{name}")
-    with pytest.raises(ValueError, match="lr"):
+    # SAEs on one stream must share its data order (batches) ...
+    with pytest.raises(ValueError, match="batch_size"):
         train_saes(
             acts,
             [tmp_path / "x", tmp_path / "y"],
-            [cfgs[0], cfgs[1].replace(lr=1.0)],
+            [cfgs[0], cfgs[1].replace(batch_size=64)],
             tmp_path / "c2",
         )
+
+
+def test_members_of_other_shapes_in_one_pass_equal_separate_runs(
+    tmp_path, make_acts, sparse_mixture, small_cfg
+):
+    """... but may differ in anything else: expansion, k, lr, init (one job trains a grid)."""
+    acts = make_acts(sparse_mixture(768, 8))
+    cfgs = [small_cfg(), small_cfg(expansion_factor=2, k=3), small_cfg(lr=3e-3, b_dec_init="mean")]
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    together = train_saes(acts, dirs, cfgs, tmp_path / "ck", progress=False)
+    assert len({r.fvu for r in together}) == 3
+    for i, cfg in enumerate(cfgs):
+        solo = train_sae(acts, tmp_path / f"solo{i}", cfg, tmp_path / f"ck{i}", progress=False)
+        assert solo.steps == together[i].steps
+        _assert_same_sae(dirs[i], tmp_path / f"solo{i}")
 
 
 def test_dead_counters_count_tokens_not_steps(tmp_path, make_acts, sparse_mixture, small_cfg):
@@ -126,7 +142,7 @@ def test_dead_counters_count_tokens_not_steps(tmp_path, make_acts, sparse_mixtur
     )
     res = train_sae(acts, tmp_path / "out", cfg, tmp_path / "ck", progress=False)
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "ck"))
-    counters = state["members"][0]["since_fired"]
+    counters = state["parts"][0]["members"][0]["since_fired"]
     assert res.tokens == 640
     assert set(counters.tolist()) <= set(range(0, 641, 64))  # whole batches of tokens
     assert (counters == 640).any()  # some latents never fired

@@ -145,3 +145,20 @@ def test_sae_edit_reuses_activations(built):
     edited["autointerp"]["explainer"] = "token_list"  # reverted
     assert planned_jobs(snakemake(wd, edited, "-n")) == {}
     assert planned_jobs(snakemake(wd, cfg, "-n")) == {}
+
+
+def test_the_saes_of_one_hookpoint_share_one_metrics_job(built):
+    """Two new seeds per (variant, layer): one sae_metrics job per hookpoint, whose inputs are
+    both SAEs (so Snakemake waits for both) and whose outputs are both metrics artifacts."""
+    wd, cfg = built
+    edited = yaml.safe_load(yaml.safe_dump(cfg))
+    edited["sae"]["seeds"] = [1, 2]
+    out = snakemake(wd, edited, "-n")
+    assert planned_jobs(out)["sae_metrics"] == 2  # 2 variants x 1 layer, not 4 SAEs
+    jobs = re.findall(r"^rule sae_metrics_[0-9a-f]{10}:\n((?:\s+\S.*\n)+)", out, flags=re.M)
+    assert len(jobs) == 2, out[-3000:]
+    for body in jobs:
+        inputs = re.search(r"^\s+input: (.*)$", body, flags=re.M).group(1)
+        outputs = re.search(r"^\s+output: (.*)$", body, flags=re.M).group(1)
+        assert len(re.findall(r"/sae/\w+", inputs)) == 2, body
+        assert len(re.findall(r"/sae_metrics/\w+", outputs)) == 2, body

@@ -2,13 +2,20 @@
 
 Public API::
 
-    from randsae.sae import SaeConfig, TopKSAE, train_sae, train_saes, TrainResult
+    from randsae.sae import SaeConfig, TopKSAE, train_sae, train_saes, train_parts, TrainResult
 """
 
 from randsae.sae.config import SaeConfig, SaeConfigError
-from randsae.sae.data import ActivationDataError, ActivationStream
+from randsae.sae.data import ActivationDataError, ActivationStream, WindowedStream
 from randsae.sae.model import TopKSAE
-from randsae.sae.trainer import CheckpointMismatchError, TrainResult, train_sae, train_saes
+from randsae.sae.trainer import (
+    CheckpointMismatchError,
+    TrainPart,
+    TrainResult,
+    train_parts,
+    train_sae,
+    train_saes,
+)
 
 __all__ = [
     "ActivationDataError",
@@ -17,7 +24,10 @@ __all__ = [
     "SaeConfig",
     "SaeConfigError",
     "TopKSAE",
+    "WindowedStream",
+    "TrainPart",
     "TrainResult",
+    "train_parts",
     "train_sae",
     "train_saes",
 ]

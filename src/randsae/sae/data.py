@@ -56,38 +56,42 @@ class ActivationDataError(RandsaeError, ValueError):
     """The activation array cannot be used for training; the message names the path."""
 
 
-class ActivationStream:
-    """Seeded, resumable, prefetching batch stream over a [n_tokens, d_model] randsae array.
+class WindowedStream:
+    """The data order and its cursor, over any source of windows (module docstring).
 
-    ``max_tokens=None`` means one pass (the last partial batch is dropped); otherwise the stream
-    yields ``max_tokens // batch_size`` batches, starting a freshly shuffled pass whenever one ends.
-    ``shuffle_block_sequences`` is the block length in sequences (see the module docstring); it is
-    required, with no default, because it defines the data order.
+    A subclass says where a window's rows come from: :meth:`_read_window` gets the raw rows
+    of the window's blocks (it may run on the prefetch thread, so it must do no torch ops) and
+    :meth:`_rows_of` turns them into one tensor in ``logical_dtype`` on the main thread.
+    Filtering non-finite rows, the permutation, batching and the cursor are shared, so every
+    source yields the same batches for the same rows. :class:`ActivationStream` reads a Zarr
+    array; :class:`randsae.sae.stream.ForwardStream` runs the model.
     """
 
     def __init__(
         self,
-        path: str | Path,
+        label: str,
         *,
+        n_tokens: int,
+        d_model: int,
+        rows_per_seq: int,
+        logical_dtype: str,
         batch_size: int,
         shuffle_buffer_tokens: int,
         shuffle_block_sequences: int,
         data_seed: int,
         max_tokens: int | None = None,
-        expected_d_model: int | None = None,
         prefetch: bool = True,
     ) -> None:
-        self.path = str(path)
-        self.arr = _open_checked(self.path, expected_d_model)
-        self.n_tokens, self.d_model = (int(s) for s in self.arr.shape)
-        self.logical_dtype = zarr_io.logical_dtype(self.arr)
+        self.path = label  # what error messages name: the array's path, or the stream's origin
+        self.n_tokens, self.d_model = n_tokens, d_model
+        self.logical_dtype = logical_dtype
         self.batch_size = batch_size
         self.data_seed = data_seed
         if not _is_positive_int(shuffle_block_sequences):
             raise ValueError(
                 f"shuffle_block_sequences must be an int >= 1, got {shuffle_block_sequences!r}"
             )
-        self.rows_per_seq = _rows_per_seq(self.path, self.arr, self.n_tokens)
+        self.rows_per_seq = rows_per_seq
         self.shuffle_block_sequences = shuffle_block_sequences
         # Keyed parameters and the array's shape only: the storage chunking must not matter.
         self.block_rows = shuffle_block_sequences * self.rows_per_seq
@@ -181,13 +185,23 @@ class ActivationStream:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> ActivationStream:
+    def __enter__(self) -> WindowedStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- windows --------------------------------------------------------------------------------
+
+    def window_blocks(self, key: WindowKey) -> np.ndarray:
+        """The blocks of window ``key``, in the order their rows are concatenated."""
+        epoch, window = key
+        order = self._block_order(epoch)
+        return order[window * self.blocks_per_window : (window + 1) * self.blocks_per_window]
+
+    def block_span(self, block: int) -> tuple[int, int]:
+        """Rows [start, stop) of ``block``: whole sequences, the last block possibly shorter."""
+        return block * self.block_rows, min((block + 1) * self.block_rows, self.n_tokens)
 
     def _identity(self) -> dict[str, Any]:
         return {
@@ -273,37 +287,82 @@ class ActivationStream:
         """Read, filter and permute one window: (rows, non-finite rows dropped, rows read)."""
         return self._finish_window(key, self._read_window(key))
 
-    def _read_window(self, key: WindowKey) -> list[np.ndarray]:
-        """The window's blocks as raw stored arrays. This is all the prefetch thread does:
-        only Zarr I/O and decompression, no torch ops, because torch ops running in a second
-        thread share the intra-op thread pool with the training step and change how many
-        threads its matmuls get, and with that their rounding (runs stop being bitwise
-        reproducible)."""
-        epoch, window = key
-        order = self._block_order(epoch)
-        blocks = order[window * self.blocks_per_window : (window + 1) * self.blocks_per_window]
-        # Plain row slices: Zarr serves any alignment. I/O is most efficient when the chunk (or
-        # shard) length is a multiple of block_rows (each block then decodes only its own
-        # chunks); any other chunking only decodes some chunks more than once, which is slower
-        # but reads exactly the same rows.
-        return [
-            np.asarray(self.arr[int(b) * self.block_rows : min((int(b) + 1) * self.block_rows, self.n_tokens)])
-            for b in blocks
-        ]
+    def _read_window(self, key: WindowKey) -> Any:
+        """The window's rows in whatever raw form :meth:`_rows_of` takes."""
+        raise NotImplementedError
 
-    def _finish_window(self, key: WindowKey, raw: list[np.ndarray]) -> tuple[torch.Tensor, int, int]:
+    def _rows_of(self, raw: Any) -> torch.Tensor:
+        """The window's rows as one [n, d_model] tensor in ``logical_dtype`` (main thread)."""
+        raise NotImplementedError
+
+    def _finish_window(self, key: WindowKey, raw: Any) -> tuple[torch.Tensor, int, int]:
         """Main-thread half of loading a window: to tensors, drop non-finite rows, permute."""
         epoch, window = key
-        logical = zarr_io.logical_dtype(self.arr)
-        parts = [zarr_io.from_storage(a, logical) for a in raw]
-        rows = torch.cat(parts) if len(parts) > 1 else parts[0]
+        rows = self._rows_of(raw)
         n_read = rows.shape[0]
         finite = torch.isfinite(rows).all(dim=1)
         n_bad = n_read - int(finite.sum())
         if n_bad:
             rows = rows[finite]
         perm = np.random.default_rng([self.data_seed, 1, epoch, window]).permutation(rows.shape[0])
-        return rows[torch.from_numpy(perm)], n_bad, n_read
+        return rows[torch.from_numpy(perm).to(rows.device)], n_bad, n_read
+
+
+class ActivationStream(WindowedStream):
+    """Seeded, resumable, prefetching batch stream over a [n_tokens, d_model] randsae array.
+
+    ``max_tokens=None`` means one pass (the last partial batch is dropped); otherwise the stream
+    yields ``max_tokens // batch_size`` batches, starting a freshly shuffled pass whenever one ends.
+    ``shuffle_block_sequences`` is the block length in sequences (see the module docstring); it is
+    required, with no default, because it defines the data order.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int,
+        shuffle_buffer_tokens: int,
+        shuffle_block_sequences: int,
+        data_seed: int,
+        max_tokens: int | None = None,
+        expected_d_model: int | None = None,
+        prefetch: bool = True,
+    ) -> None:
+        self.arr = _open_checked(str(path), expected_d_model)
+        n_tokens, d_model = (int(s) for s in self.arr.shape)
+        super().__init__(
+            str(path),
+            n_tokens=n_tokens,
+            d_model=d_model,
+            rows_per_seq=_rows_per_seq(str(path), self.arr, n_tokens),
+            logical_dtype=zarr_io.logical_dtype(self.arr),
+            batch_size=batch_size,
+            shuffle_buffer_tokens=shuffle_buffer_tokens,
+            shuffle_block_sequences=shuffle_block_sequences,
+            data_seed=data_seed,
+            max_tokens=max_tokens,
+            prefetch=prefetch,
+        )
+
+    def __enter__(self) -> ActivationStream:
+        return self
+
+    def _read_window(self, key: WindowKey) -> list[np.ndarray]:
+        """The window's blocks as raw stored arrays. This is all the prefetch thread does:
+        only Zarr I/O and decompression, no torch ops, because torch ops running in a second
+        thread share the intra-op thread pool with the training step and change how many
+        threads its matmuls get, and with that their rounding (runs stop being bitwise
+        reproducible)."""
+        # Plain row slices: Zarr serves any alignment. I/O is most efficient when the chunk (or
+        # shard) length is a multiple of block_rows (each block then decodes only its own
+        # chunks); any other chunking only decodes some chunks more than once, which is slower
+        # but reads exactly the same rows.
+        return [np.asarray(self.arr[slice(*self.block_span(int(b)))]) for b in self.window_blocks(key)]
+
+    def _rows_of(self, raw: list[np.ndarray]) -> torch.Tensor:
+        parts = [zarr_io.from_storage(a, self.logical_dtype) for a in raw]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def _is_positive_int(v: object) -> bool:

@@ -1,4 +1,6 @@
-"""Training loop for TopK SAEs: one pass over the activations trains one or several SAEs.
+"""Training loop for TopK SAEs: one pass over the activations trains one or several SAEs, of
+one layer or of several (one stream per layer, all advanced in the same loop, so a streamed
+forward pass serves every layer; see :func:`train_parts`).
 
 Per batch and per SAE: forward (top-k and, when latents are dead, the AuxK selection), loss =
 FVU + auxk_coef * AuxK, hand-written sparse backward, decoder-parallel gradient removal, global
@@ -27,12 +29,17 @@ from randsae.errors import RandsaeError
 from randsae.kernels import sparse_decode
 from randsae.sae import checkpoint as ckpt
 from randsae.sae.config import SaeConfig
-from randsae.sae.data import ActivationStream
+from randsae.sae.data import ActivationStream, WindowedStream
 from randsae.sae.model import COMPUTE_DTYPES, TopKSAE
 from randsae.sae.stats import geometric_median, sum_of_squares, total_variance
 from randsae.sae.train_log import LOG_FILE, LogAccumulator, write_log
 
-CHECKPOINT_VERSION = 1
+# 2: one checkpoint holds every part (stream and its SAEs) of a run
+CHECKPOINT_VERSION = 2
+#: SaeConfig fields that define the data order: SAEs sharing a stream must agree on them.
+DATA_ORDER_FIELDS = ("batch_size", "data_seed", "shuffle_buffer_tokens", "shuffle_block_sequences", "max_tokens")
+#: Fields the loop applies per stream (log rows) or per run (checkpoints).
+LOOP_FIELDS = ("log_every_steps", "checkpoint_every_steps")
 SUMMARY_FILE = "train_summary.json"
 
 
@@ -80,15 +87,33 @@ class _Progress:
 
 
 @dataclass
+class _Part:
+    """One stream and the SAEs trained on it."""
+
+    stream: WindowedStream
+    members: list[_Member]
+    prog: _Progress
+    done: bool = False
+
+
+@dataclass
 class _Run:
     """Everything the loop and the checkpoints share."""
 
-    members: list[_Member]
-    prog: _Progress
-    stream: ActivationStream
+    parts: list[_Part]
     checkpoint_dir: Path
     signature: dict[str, Any]
     device: torch.device
+    checkpoint_every_steps: int
+    step: int = 0  # rounds of the loop in which some part trained (= the steps, for one part)
+
+
+class TrainPart(NamedTuple):
+    """One stream of a run and the SAEs trained on it (one out dir per config)."""
+
+    stream: WindowedStream
+    out_dirs: Sequence[str | Path]
+    cfgs: Sequence[SaeConfig]
 
 
 class _StepStats(NamedTuple):
@@ -136,17 +161,17 @@ def train_saes(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
 ) -> list[TrainResult]:
-    """Train several SAEs on the same batches (configs may differ only in ``seed``).
+    """Train several SAEs on the same batches of the array at ``acts_path`` (their configs
+    must agree on the data order and loop fields, :data:`DATA_ORDER_FIELDS` and
+    :data:`LOOP_FIELDS`; they may differ in anything else: seed, expansion, k, lr, ...).
 
     Writes sae.safetensors, cfg.json, train_log.parquet and train_summary.json into each out
     dir. ``on_step(step)`` runs after every step (after any checkpoint): a test hook, e.g. to
     simulate a kill by raising.
     """
-    _check_members(out_dirs, cfgs)
-    dev = torch.device(device) if device is not None else _default_device()
+    if not cfgs:
+        raise ValueError("need at least one SAE config")
     cfg0 = cfgs[0]
-    t0 = time.perf_counter()
-    ckpt.remove_temporaries(checkpoint_dir)
     stream = ActivationStream(
         acts_path,
         batch_size=cfg0.batch_size,
@@ -157,24 +182,53 @@ def train_saes(
         expected_d_model=expected_d_model,
     )
     with stream:
-        for c in cfgs:
-            c.check_for_width(stream.d_model)
-        if cfg0.max_tokens is None and stream.n_tokens < cfg0.batch_size:
+        return train_parts(
+            [TrainPart(stream, out_dirs, cfgs)], checkpoint_dir, device=device, progress=progress, on_step=on_step
+        )[0]
+
+
+def train_parts(
+    parts: Sequence[TrainPart],
+    checkpoint_dir: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> list[list[TrainResult]]:
+    """Train every part's SAEs on its stream, all parts in one loop; results per part.
+
+    Each round of the loop takes the next batch of every part's stream (a part whose stream
+    has ended drops out), so streams that share a source (the layers of one forward pass,
+    :mod:`randsae.sae.stream`) advance together. An SAE sees exactly the batches of its own
+    stream, in order, whatever else is in the run: its bytes equal a run of that SAE alone.
+    One checkpoint holds every part; ``on_step(round)`` runs after each round in which some
+    part trained. The caller opens and closes the streams.
+    """
+    _check_parts(parts)
+    dev = torch.device(device) if device is not None else _default_device()
+    t0 = time.perf_counter()
+    ckpt.remove_temporaries(checkpoint_dir)
+    for part in parts:
+        for c in part.cfgs:
+            c.check_for_width(part.stream.d_model)
+        c0 = part.cfgs[0]
+        if c0.max_tokens is None and part.stream.n_tokens < c0.batch_size:
             raise ValueError(
-                f"{acts_path}: {stream.n_tokens} rows, fewer than one batch of {cfg0.batch_size}"
+                f"{part.stream.path}: {part.stream.n_tokens} rows, fewer than one batch of {c0.batch_size}"
             )
-        signature = _signature(cfgs, stream)
-        members, prog, first, resumed = _start(
-            checkpoint_dir, signature, cfgs, out_dirs, stream, dev
-        )
-        run = _Run(members, prog, stream, Path(checkpoint_dir), signature, dev)
-        _run_loop(run, first, progress, on_step)
-        if prog.step == 0:
-            raise ValueError(f"{acts_path}: no usable batch (all batches had zero variance)")
-        _save_checkpoint(run)
-        counters = {**stream.counters(), "zero_variance_batches": prog.zero_variance_batches}
+    signature = _signature(parts)
+    run, firsts, resumed = _start(checkpoint_dir, signature, parts, dev)
+    _run_loop(run, firsts, progress, on_step)
+    for done in run.parts:
+        if done.prog.step == 0:
+            raise ValueError(f"{done.stream.path}: no usable batch (all batches had zero variance)")
+    _save_checkpoint(run)
     seconds = time.perf_counter() - t0
-    return [_finish(m, prog, counters, resumed, seconds) for m in members]
+    out = []
+    for done in run.parts:
+        counters = {**done.stream.counters(), "zero_variance_batches": done.prog.zero_variance_batches}
+        out.append([_finish(m, done.prog, counters, resumed, seconds) for m in done.members])
+    return out
 
 
 # -- setup --------------------------------------------------------------------------------------
@@ -184,28 +238,35 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _check_members(out_dirs: Sequence[str | Path], cfgs: Sequence[SaeConfig]) -> None:
-    if not cfgs or len(out_dirs) != len(cfgs):
-        raise ValueError(f"need one out_dir per config, got {len(out_dirs)} and {len(cfgs)}")
-    if len({str(Path(d).resolve()) for d in out_dirs}) != len(out_dirs):
+def _check_parts(parts: Sequence[TrainPart]) -> None:
+    if not parts:
+        raise ValueError("need at least one stream to train on")
+    dirs = [str(Path(d).resolve()) for p in parts for d in p.out_dirs]
+    if len(set(dirs)) != len(dirs):
         raise ValueError("out_dirs must be distinct")
-    base = cfgs[0].replace(seed=0)
-    for c in cfgs[1:]:
-        if c.replace(seed=0) != base:
-            diff = sorted(
-                k for k, v in c.to_dict().items() if k != "seed" and v != getattr(base, k)
-            )
-            raise ValueError(f"SAEs trained together may differ only in seed; also differ: {diff}")
+    for p in parts:
+        if not p.cfgs or len(p.out_dirs) != len(p.cfgs):
+            raise ValueError(f"need one out_dir per config, got {len(p.out_dirs)} and {len(p.cfgs)}")
+        base = p.cfgs[0]
+        for c in p.cfgs[1:]:
+            diff = sorted(f for f in DATA_ORDER_FIELDS + LOOP_FIELDS if getattr(c, f) != getattr(base, f))
+            if diff:
+                raise ValueError(f"SAEs trained on one stream must agree on the data order and loop; differ: {diff}")
+        if p.stream.batch_size != base.batch_size or p.stream.data_seed != base.data_seed:
+            raise ValueError(f"{p.stream.path}: the stream's batch_size/data_seed are not its SAEs'")
+    every = {p.cfgs[0].checkpoint_every_steps for p in parts}
+    if len(every) > 1:
+        raise ValueError(f"parts of one run must share checkpoint_every_steps, got {sorted(every)}")
 
 
-def _signature(cfgs: Sequence[SaeConfig], stream: ActivationStream) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed by this call."""
+def _signature(parts: Sequence[TrainPart]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed by this call (per part, in order)."""
     return {
         "checkpoint_version": CHECKPOINT_VERSION,
-        "configs": [c.to_dict() for c in cfgs],
-        "n_tokens": stream.n_tokens,
-        "d_model": stream.d_model,
-        "logical_dtype": stream.logical_dtype,
+        "configs": [[c.to_dict() for c in p.cfgs] for p in parts],
+        "n_tokens": [p.stream.n_tokens for p in parts],
+        "d_model": [p.stream.d_model for p in parts],
+        "logical_dtype": [p.stream.logical_dtype for p in parts],
     }
 
 
@@ -249,30 +310,48 @@ def _init_b_dec(cfg: SaeConfig, batch: torch.Tensor) -> torch.Tensor:
 def _start(
     checkpoint_dir: str | Path,
     signature: dict[str, Any],
-    cfgs: Sequence[SaeConfig],
-    out_dirs: Sequence[str | Path],
-    stream: ActivationStream,
+    parts: Sequence[TrainPart],
     dev: torch.device,
-) -> tuple[list[_Member], _Progress, torch.Tensor | None, int | None]:
-    """Resume from the newest checkpoint, or initialise from the first batch.
+) -> tuple[_Run, list[torch.Tensor | None], int | None]:
+    """Resume from the newest checkpoint, or initialise every part from its first batch.
 
-    Returns (members, progress, first batch still to train on or None, resumed step or None).
+    Returns (run, each part's first batch still to train on or None, resumed step or None).
     """
     latest = ckpt.latest_checkpoint(checkpoint_dir)
-    members = [_new_member(c, o, stream.d_model, None, dev) for c, o in zip(cfgs, out_dirs)]
+    run = _Run(
+        parts=[
+            _Part(
+                p.stream,
+                [_new_member(c, o, p.stream.d_model, None, dev) for c, o in zip(p.cfgs, p.out_dirs)],
+                _Progress(p.stream.expected_batches),
+            )
+            for p in parts
+        ],
+        checkpoint_dir=Path(checkpoint_dir),
+        signature=signature,
+        device=dev,
+        checkpoint_every_steps=parts[0].cfgs[0].checkpoint_every_steps,
+    )
     if latest is not None:
         state = ckpt.load_checkpoint(latest, map_location=dev)
         _check_signature(state["signature"], signature, latest)
-        prog = _restore(state, members, stream, stream.expected_batches)
-        return members, prog, None, prog.step
-    first = stream.next_batch()
-    if first is None:
-        raise ValueError(f"{stream.path}: the stream yields no batch")
-    b_dec = _init_b_dec(cfgs[0], first.to(dev))
-    for m in members:
-        with torch.no_grad():
-            m.model.b_dec.copy_(b_dec)
-    return members, _Progress(stream.expected_batches), first, None
+        _restore(state, run)
+        return run, [None] * len(parts), run.step
+    firsts: list[torch.Tensor | None] = []
+    for part in run.parts:
+        first = part.stream.next_batch()
+        if first is None:
+            raise ValueError(f"{part.stream.path}: the stream yields no batch")
+        x = first.to(dev)
+        b_decs: dict[str, torch.Tensor] = {}  # one per init rule (the same bits either way)
+        for m in part.members:
+            rule = m.cfg.b_dec_init
+            if rule not in b_decs:
+                b_decs[rule] = _init_b_dec(m.cfg, x)
+            with torch.no_grad():
+                m.model.b_dec.copy_(b_decs[rule])
+        firsts.append(first)
+    return run, firsts, None
 
 
 def _check_signature(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
@@ -288,12 +367,12 @@ def _check_signature(saved: dict[str, Any], current: dict[str, Any], path: Path)
 
 
 def _run_loop(
-    run: _Run, first: torch.Tensor | None, progress: bool, on_step: Callable[[int], None] | None
+    run: _Run, firsts: list[torch.Tensor | None], progress: bool, on_step: Callable[[int], None] | None
 ) -> None:
-    """Train on every batch the stream still yields (``first`` before them, if given)."""
+    """Train on every batch the streams still yield (each part's ``first`` before them)."""
     bar = tqdm(
-        total=run.stream.expected_batches * run.stream.batch_size,
-        initial=run.prog.tokens,
+        total=sum(p.stream.expected_batches * p.stream.batch_size for p in run.parts),
+        initial=sum(p.prog.tokens for p in run.parts),
         unit="tok",
         unit_scale=True,
         disable=not progress,
@@ -301,15 +380,29 @@ def _run_loop(
         dynamic_ncols=True,
         mininterval=2.0,
     )
+    pending = list(firsts)
     with bar:
-        batch = first
-        while batch is not None or (batch := run.stream.next_batch()) is not None:
-            if _train_batch(run.members, run.prog, batch.to(run.device, non_blocking=True)):
-                _after_step(run, bar)
+        while not all(p.done for p in run.parts):
+            stepped = False
+            for i, part in enumerate(run.parts):
+                if part.done:
+                    continue
+                batch, pending[i] = pending[i], None
+                if batch is None:
+                    batch = part.stream.next_batch()
+                if batch is None:
+                    part.done = True
+                    _flush_logs(part.members, part.prog)
+                    continue
+                if _train_batch(part.members, part.prog, batch.to(run.device, non_blocking=True)):
+                    stepped = True
+                    _after_step(part, bar)
+            if stepped:
+                run.step += 1
+                if run.step % run.checkpoint_every_steps == 0:
+                    _save_checkpoint(run)
                 if on_step is not None:
-                    on_step(run.prog.step)
-            batch = None
-        _flush_logs(run.members, run.prog)
+                    on_step(run.step)
 
 
 def _train_batch(members: list[_Member], prog: _Progress, x: torch.Tensor) -> bool:
@@ -330,18 +423,15 @@ def _train_batch(members: list[_Member], prog: _Progress, x: torch.Tensor) -> bo
     return True
 
 
-def _after_step(run: _Run, bar: tqdm) -> None:
-    """Progress bar, log rows and checkpoints at their intervals."""
-    cfg, step = run.members[0].cfg, run.prog.step
-    bar.update(run.stream.batch_size)
-    if step % cfg.log_every_steps == 0:
-        row = _flush_logs(run.members, run.prog)[0]
+def _after_step(part: _Part, bar: tqdm) -> None:
+    """Progress bar and log rows at their interval."""
+    bar.update(part.stream.batch_size)
+    if part.prog.step % part.members[0].cfg.log_every_steps == 0:
+        row = _flush_logs(part.members, part.prog)[0]
         if row is not None:
             bar.set_postfix(
                 fvu=f"{row['fvu']:.4f}", dead=f"{row['dead_fraction']:.3f}", refresh=False
             )
-    if step % cfg.checkpoint_every_steps == 0:
-        _save_checkpoint(run)
 
 
 def _flush_logs(members: list[_Member], prog: _Progress) -> list[dict[str, Any] | None]:
@@ -439,43 +529,50 @@ def _optimizer_step(m: _Member, lr: float) -> None:
 
 
 def _save_checkpoint(run: _Run) -> None:
-    members, prog = run.members, run.prog
     state = {
         "signature": run.signature,
-        "progress": {
-            "step": prog.step,
-            "tokens": prog.tokens,
-            "zero_variance_batches": prog.zero_variance_batches,
-        },
-        "stream": run.stream.state_dict(),
+        "step": run.step,
         "rng": ckpt.capture_rng_states(),
-        "members": [
+        "parts": [
             {
-                "model": m.model.state_dict(),
-                "optimizer": m.opt.state_dict(),
-                "since_fired": m.since_fired,
-                "log": m.log.state_dict(),
+                "done": part.done,
+                "progress": {
+                    "step": part.prog.step,
+                    "tokens": part.prog.tokens,
+                    "zero_variance_batches": part.prog.zero_variance_batches,
+                },
+                "stream": part.stream.state_dict(),
+                "members": [
+                    {
+                        "model": m.model.state_dict(),
+                        "optimizer": m.opt.state_dict(),
+                        "since_fired": m.since_fired,
+                        "log": m.log.state_dict(),
+                    }
+                    for m in part.members
+                ],
             }
-            for m in members
+            for part in run.parts
         ],
     }
-    ckpt.save_checkpoint(run.checkpoint_dir, prog.step, state)
+    ckpt.save_checkpoint(run.checkpoint_dir, run.step, state)
 
 
-def _restore(
-    state: dict[str, Any], members: list[_Member], stream: ActivationStream, planned_steps: int
-) -> _Progress:
-    for m, s in zip(members, state["members"]):
-        m.model.load_state_dict(s["model"])
-        m.opt.load_state_dict(s["optimizer"])
-        m.since_fired.copy_(s["since_fired"])
-        m.log.load_state_dict(s["log"])
-    stream.load_state_dict(state["stream"])
+def _restore(state: dict[str, Any], run: _Run) -> None:
+    for part, ps in zip(run.parts, state["parts"]):
+        for m, s in zip(part.members, ps["members"]):
+            m.model.load_state_dict(s["model"])
+            m.opt.load_state_dict(s["optimizer"])
+            m.since_fired.copy_(s["since_fired"])
+            m.log.load_state_dict(s["log"])
+        part.stream.load_state_dict(ps["stream"])
+        p = ps["progress"]
+        part.prog = _Progress(
+            part.stream.expected_batches, int(p["step"]), int(p["tokens"]), int(p["zero_variance_batches"])
+        )
+        part.done = bool(ps["done"])
     ckpt.restore_rng_states(state["rng"])
-    p = state["progress"]
-    return _Progress(
-        planned_steps, int(p["step"]), int(p["tokens"]), int(p["zero_variance_batches"])
-    )
+    run.step = int(state["step"])
 
 
 # -- outputs ------------------------------------------------------------------------------------
