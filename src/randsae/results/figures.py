@@ -2,8 +2,8 @@
 
 - ``roc_figure`` (paper Fig. 1): ROC curves of one scorer, one panel per layer of a model, one
   curve per variant; examples pooled over the SAE seeds of one setting.
-- ``metrics_figure`` (paper Fig. 2): rows explained variance, cosine similarity, L1, detection
-  AUROC, fuzzing AUROC, CE loss score, mean token entropy of sampled latents; x = layer, one
+- ``metrics_figure`` (paper Fig. 2): rows explained variance, cosine similarity, L1, the AUROC
+  of each scorer the run used, CE loss score, mean token entropy of sampled latents; x = layer, one
   line per variant (mean over seeds, bars from min to max), one column per model.
 - ``discriminability_figure``: per model, metric x variant heatmaps of the discriminability
   table (per-latent metrics: AUROC; per-SAE metrics: relative difference), averaged over layers,
@@ -27,6 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from randsae.enums import SCORERS
 from randsae.results.display import sort_variants, variant_color
 
 DPI = 110
@@ -36,8 +37,7 @@ METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("explained_variance", "explained variance"),
     ("cossim", "cosine similarity"),
     ("l1", "L1"),
-    ("auroc_detection", "AUROC detection"),
-    ("auroc_fuzzing", "AUROC fuzzing"),
+    *((f"auroc_{scorer}", f"AUROC {scorer}") for scorer in SCORERS),  # rows without data are left out
     ("ce_loss_score", "CE loss score"),
     ("token_entropy_mean", "token entropy (nats)"),
 )
@@ -158,11 +158,14 @@ def _metric_lines(con: duckdb.DuckDBPyConnection, model: str, metric: str, setti
 def metrics_figure(con: duckdb.DuckDBPyConnection, out: str | os.PathLike[str], *, setting: Setting | None = None) -> Path:
     """Paper Fig. 2: metric rows x model columns, x = layer, one line per variant."""
     names = models(con) or ["(no models)"]
-    fig = Figure(figsize=(3.8 * len(names), 2.0 * len(METRIC_ROWS)), layout="constrained")
-    axes = fig.subplots(len(METRIC_ROWS), len(names), squeeze=False)
+    # a scorer the run did not use would be a row of empty panels: show only rows with data
+    rows = [(m, label) for m, label in METRIC_ROWS if not m.startswith("auroc_")
+            or con.execute("SELECT count(*) FROM sae_metric_values WHERE metric = ?", [m]).fetchone()[0]]  # type: ignore[index]
+    fig = Figure(figsize=(3.8 * len(names), 2.0 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(names), squeeze=False)
     for j, model in enumerate(names):
         s = setting or default_setting(con, model)
-        for i, (metric, label) in enumerate(METRIC_ROWS):
+        for i, (metric, label) in enumerate(rows):
             ax = axes[i, j]
             lines = _metric_lines(con, model, metric, s)
             if i == 0:
@@ -178,7 +181,7 @@ def metrics_figure(con: duckdb.DuckDBPyConnection, out: str | os.PathLike[str], 
                 ax.errorbar(pts[:, 0], pts[:, 1], yerr=err if np.any(err > 0) else None, color=variant_color(v),
                             marker="o", ms=3, lw=1.4, capsize=2, label=v)
             ax.set_xticks(sorted({int(x) for pts in lines.values() for x in pts[:, 0]}))
-            if i == len(METRIC_ROWS) - 1:
+            if i == len(rows) - 1:
                 ax.set_xlabel("layer")
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
