@@ -18,6 +18,7 @@ import json, sys, time
 from pathlib import Path
 from randsae.results import query
 db, stop = sys.argv[1], Path(sys.argv[2])
+Path(sys.argv[3]).touch()  # imported: ready to query
 ok, failures = 0, []
 while not stop.exists():
     try:
@@ -86,10 +87,16 @@ def test_readers_never_fail_while_the_database_is_replaced(synth, tmp_path):
     db.parent.mkdir()
     shutil.copyfile(variants[0], db)
     stop = tmp_path / "stop"
-    readers = [subprocess.Popen([sys.executable, "-c", READER, str(db), str(stop)], stdout=subprocess.PIPE, text=True)
-               for _ in range(2)]
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(db), str(stop), str(r)], stdout=subprocess.PIPE, text=True)
+               for r in ready]
     try:
-        time.sleep(1.0)  # let the readers start (imports)
+        # wait until both readers have imported randsae (seconds on a loaded machine), so the
+        # replacements below happen while they query, not before they start
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(r.exists() for r in ready), "reader processes did not start within 120 s"
         for i in range(2):  # real rebuilds: temp file in the same folder, then rename
             build_database(small_cfg if i % 2 else synth["cfg"], synth["store"], db, n_boot=10, n_perm=10)
         deadline = time.monotonic() + 3.0
