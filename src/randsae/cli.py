@@ -29,20 +29,10 @@ from typing import Any, Literal
 from randsae.checks import preflight
 from randsae.config import DEFAULT_CONFIG, load_config
 from randsae.errors import RandsaeError
+from randsae.estimates import human_bytes
 from randsae.inputs import pin_inputs
 from randsae.plan import build_plan, stage_names, summary
 from randsae.store import KEY_RE, Store, known_stages
-
-
-def _human_bytes(n: int | None) -> str:
-    if n is None:
-        return "unknown (set models.<name>.d_model)"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if value < 1000 or unit == "PB":
-            return f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"
 
 
 def _store_for(args: argparse.Namespace) -> Store:
@@ -126,7 +116,7 @@ def cmd_store_ls(args: argparse.Namespace) -> int:
         print()
         return 0
     for m in rows:
-        print(f"{m['stage']:<12} {m['key']}  {_human_bytes(m.get('total_bytes', 0)):>10}  {m['created']}  {m['name']}")
+        print(f"{m['stage']:<12} {m['key']}  {human_bytes(m.get('total_bytes', 0)):>10}  {m['created']}  {m['name']}")
     print(f"{len(rows)} artifacts in {store.root}")
     return 0
 

@@ -140,6 +140,15 @@ class StageContext:
 Expand = Callable[[Config, PlanSoFar], Iterable[Planned]]
 
 
+def group_by_inputs(*roles: str) -> Callable[[Artifact], str]:
+    """A ``group`` function: artifacts with the same input keys in ``roles`` share one job."""
+
+    def group(a: Artifact) -> str:
+        return "-".join(a.inputs[role] for role in roles)
+
+    return group
+
+
 @dataclass(frozen=True)
 class StageDef:
     """The one declaration of a stage.

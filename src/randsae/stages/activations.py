@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from randsae.stage import (
-    Artifact,
     Config,
     OutputFile,
     Planned,
@@ -42,6 +41,7 @@ from randsae.stage import (
     Resources,
     StageContext,
     StageDef,
+    group_by_inputs,
 )
 
 
@@ -116,9 +116,8 @@ def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
                               {"model": mname, "variant": variant, "layer": layer})
 
 
-def group(a: Artifact) -> str:
-    """One job per (model variant, train tokens): every layer in one forward pass."""
-    return f"{a.inputs['model']}-{a.inputs['tokens']}"
+#: One job per (model variant, train tokens): every layer in one forward pass.
+group = group_by_inputs("model", "tokens")
 
 
 STAGE = StageDef(

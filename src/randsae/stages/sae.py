@@ -37,6 +37,7 @@ from randsae.stage import (
     Resources,
     StageContext,
     StageDef,
+    group_by_inputs,
 )
 from randsae.stages.activations import activation_params
 
@@ -259,9 +260,8 @@ def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
                                   {"model": model, "tokens": tokens}, labels)
 
 
-def group(a: Artifact) -> str:
-    """One job per (model variant, train tokens): every SAE that reads that forward pass."""
-    return f"{a.inputs['model']}-{a.inputs['tokens']}"
+#: One job per (model variant, train tokens): every SAE that reads that forward pass.
+group = group_by_inputs("model", "tokens")
 
 
 STAGE = StageDef(
