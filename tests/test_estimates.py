@@ -211,6 +211,32 @@ def test_exact_numbers_of_a_hand_computable_plan(tmp_path):
     assert jobs["model"] == 1 and jobs["tokens"] == 3 and jobs["activations"] == 1 and jobs["sae"] == 1
 
 
+def test_latent_cache_counts_every_row_once_per_token_and_eligible_rows_by_latent(tmp_path):
+    # interp: 2048 tokens in 32-token contexts; the per-token arrays hold all 64 x 32 rows
+    # (position 0 included), the by-latent index the 64 x 31 eligible ones; k slots of an
+    # int32 id and an fp16 value each, compressed at the ratio of the SAE's width
+    est = est_of(pythia_cfg(tmp_path, "always"))
+    lat = 2 * 512
+    cfg = normalise(pythia_cfg(tmp_path, "always"), env=NO_KEY)
+    k = cfg["sae"]["k"]
+    slots = (64 * 32 + 64 * 31) * k
+    ratio = E.latents_compression(lat)
+    assert ratio > 1.0
+    assert stage(est, "latents").store_bytes == int(slots * 6 / ratio) + 5 * lat * 8
+    assert stage(est, "latents").transient_bytes == 64 * 31 * k * 10  # raw spill entries
+
+
+def test_latents_compression_interpolates_in_log2_latents_and_never_goes_under_one():
+    a = E.Assumptions(latents_compression=((4096, 1.5), (1024, 2.0)))  # any order
+    assert E.latents_compression(512, a) == 2.0  # narrower than measured: the first point's ratio
+    assert E.latents_compression(1024, a) == 2.0 and E.latents_compression(4096, a) == 1.5
+    assert E.latents_compression(2048, a) == pytest.approx(1.75)
+    assert E.latents_compression(8192, a) == pytest.approx(1.25)  # the last segment's slope
+    assert E.latents_compression(2**20, a) == 1.0
+    wide, narrow = E.latents_compression(2**18), E.latents_compression(2**15)
+    assert 1.0 < wide < narrow  # the shipped measurements: wider ids compress less
+
+
 def test_unknown_width_gives_unknown_not_zero(tmp_path):
     cfg = pythia_cfg(tmp_path)
     cfg["models"]["p70"]["source"]["id"] = "someone/unknown-model"

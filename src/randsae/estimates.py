@@ -100,6 +100,16 @@ class Assumptions:
         "compression ratio assumed for stored activations (store size = raw / ratio)",
         "benchmarks/README.md 'Activation caching': lz4 bit-shuffle 1.17x on one bf16 layer, "
         "varying by variant and layer; none is assumed"))
+    latents_compression: tuple[tuple[int, float], ...] = field(default=((32768, 1.597), (65536, 1.546), (262144, 1.451)), metadata=_doc(
+        "(SAE latents, compression ratio) of a latent cache's Zarr arrays (ids, values, the "
+        "by-latent index; Blosc/LZ4 bit-shuffle, randsae.zarr_io.default_compressors): store "
+        "size = raw / ratio, interpolated in log2(latents) between the points (wider ids "
+        "compress less); below the first point its ratio, above the last the last segment's "
+        "slope, never under 1",
+        "docs/estimates.md 'Latent cache size' (benchmarks/latents_size_bench.py): the "
+        "stage's own writer at the paper's interp shape (9,999,872 rows, k 32), ids uniformly "
+        "random and values spread over ten binary exponents, so a floor: a trained SAE's "
+        "skewed firing makes its cache smaller"))
     hub_weight_bytes: int = field(default=2, metadata=_doc(
         "bytes per parameter of a model artifact from the hub (saved in the checkpoint's "
         "own dtype)", "the EleutherAI/pythia-*-deduped config.json files say torch_dtype "
@@ -260,6 +270,30 @@ def _train_rows(cfg: Config) -> int:
 def _split_rows(cfg: Config, split: str) -> int:
     s = cfg["corpus"]["splits"][split]
     return (s["tokens"] // s["ctx_len"]) * (s["ctx_len"] - int(cfg["activations"]["drop_first_position"]))
+
+
+def latents_compression(n_latents: int, a: Assumptions = DEFAULT_ASSUMPTIONS) -> float:
+    """The latent cache's compression ratio at ``n_latents`` (see ``Assumptions.latents_compression``)."""
+    pts = sorted(a.latents_compression)
+    if n_latents <= pts[0][0] or len(pts) == 1:
+        return pts[0][1]
+    x = math.log2(n_latents)
+    for (n0, r0), (n1, r1) in zip(pts, pts[1:]):
+        if n_latents <= n1 or (n1, r1) == pts[-1]:
+            x0, x1 = math.log2(n0), math.log2(n1)
+            return max(1.0, r0 + (r1 - r0) * (x - x0) / (x1 - x0))
+    raise AssertionError("unreachable")
+
+
+def latent_cache_bytes(cfg: Config, k: int, n_latents: int, a: Assumptions = DEFAULT_ASSUMPTIONS) -> int:
+    """Store bytes of one latent cache (randsae.latents): int32 id + fp16 value per slot, once
+    per token for every row of the split (position 0 included: the arrays are [n_seq x ctx, k])
+    and once by latent for the eligible rows (the index), compressed by ``latents_compression``;
+    plus the uncompressed per-latent .npy arrays (offsets, fire counts, max, sum, sum of
+    squares: 8 bytes each)."""
+    s = cfg["corpus"]["splits"]["interp"]
+    slots = (s["tokens"] // s["ctx_len"]) * s["ctx_len"] * k + _split_rows(cfg, "interp") * k
+    return int(slots * (4 + 2) / latents_compression(n_latents, a)) + 5 * n_latents * 8
 
 
 def _trained_tokens(cfg: Config, params: Mapping[str, Any]) -> int:
@@ -689,11 +723,8 @@ def _metrics_and_latents(cfg: Config, plan: Plan, facts: Mapping[str, ModelFacts
                 work[stage].add_store(n_lat * 8 + 2 * a.row_bytes + 16 * 1024)
             else:
                 model_fl = forward_flops_per_token(f, layer, ctx)
-                rows = _split_rows(cfg, "interp")
-                k = art.labels["k"]
-                # per-token top-k (int32 + fp16) and the same entries by latent, plus statistics
-                work[stage].add_store(2 * rows * k * 6 + 5 * n_lat * 8)
-                work[stage].peak_transient(rows * k * a.latents_spill_entry_bytes)
+                work[stage].add_store(latent_cache_bytes(cfg, art.labels["k"], n_lat, a))
+                work[stage].peak_transient(_split_rows(cfg, "interp") * art.labels["k"] * a.latents_spill_entry_bytes)
             work[stage].add_flops(dtype, tokens * model_fl, a.forward_mfu)
             work[stage].add_flops(a.sae_eval_dtype, tokens * 2 * f.d_model * n_lat, a.sae_gemm_mfu)
     ai = cfg["autointerp"]
