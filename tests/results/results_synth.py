@@ -7,7 +7,10 @@ Planted effects (what the discriminability tests look for):
 
 - token_entropy of sampled latents: trained ~ N(3, 0.3), every random variant ~ N(1, 0.3);
 - token_lookup_share, frequency, max_activation, judge probabilities and the per-SAE metrics
-  are drawn from the same distributions for every variant (nothing to find).
+  are drawn from the same distributions for every variant (nothing to find);
+- training logs (sae/<key>/train_log.parquet, through the trainer's own writer): FVU decays
+  exponentially to a floor and is flat by 80% of the steps, except for one SAE
+  (:data:`UNCONVERGED`), whose FVU still falls steadily at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from randsae.metrics.schema import SaeMetricsRow, write_row
 from randsae.plan import Artifact, build_plan
 from randsae.results.layout import SaeUnit, sae_units
 from randsae.rows import table_from_columns, table_from_rows, write_table
+from randsae.sae.train_log import LOG_FILE, write_log
 from randsae.store import Store
 
 N_LATENTS = 64  # tiny model: d_model 32, expansion 2
@@ -41,8 +45,15 @@ def synth_config(tmp_path: Path, **over: Any) -> Config:
     return normalise(tiny_config(tmp_path / "model", tmp_path / "store", **{**base, **over}))
 
 
-#: A file's content: raw bytes, one metrics row, or (row schema, typed table of such rows).
-Content = bytes | SaeMetricsRow | tuple[type, pa.Table]
+#: Training-log shape: rows every LOG_EVERY steps and a partial last row at TRAIN_STEPS.
+LOG_EVERY = 10
+TRAIN_STEPS = 325
+#: (variant, layer, seed) of the one SAE whose training log has not flattened out.
+UNCONVERGED = ("control", 1, 1)
+
+#: A file's content: raw bytes, one metrics row, (row schema, typed table of such rows), or
+#: training-log rows.
+Content = bytes | SaeMetricsRow | tuple[type, pa.Table] | list[dict[str, Any]]
 
 
 def _publish(store: Store, a: Artifact, files: dict[str, Content]) -> None:
@@ -54,6 +65,8 @@ def _publish(store: Store, a: Artifact, files: dict[str, Content]) -> None:
                 (b.workdir / name).write_bytes(content)
             elif isinstance(content, SaeMetricsRow):
                 write_row(content, b.workdir / name)
+            elif isinstance(content, list):
+                write_log(b.workdir / name, content)
             else:
                 write_table(*content, b.workdir / name)
 
@@ -72,6 +85,20 @@ def _metrics_row(u: SaeUnit, rng: np.random.Generator) -> SaeMetricsRow:
         ce_loss_score=(ce_zero - ce_sae) / (ce_zero - ce_clean), kl_sae=0.3, kl_zero=5.0, kl_score=0.94,
         ce_score_unstable=False, kl_score_unstable=False, ce_score_meaningful=u.variant == "trained",
     )
+
+
+def _train_log(u: SaeUnit, rng: np.random.Generator, train_steps: int = TRAIN_STEPS) -> list[dict[str, Any]]:
+    """FVU = floor + 0.8 exp(-step / tau) + row noise: tau is 12% of the run (flat by 80%),
+    or 120% of it for the UNCONVERGED SAE (still falling: its last 20% gains ~0.06 FVU)."""
+    floor = {"trained": 0.2}.get(u.variant, 0.35)
+    tau = train_steps * (1.2 if (u.variant, u.layer, u.seed) == UNCONVERGED else 0.12)
+    steps = [*range(LOG_EVERY, train_steps, LOG_EVERY), train_steps]
+    rows = []
+    for s in steps:
+        fvu = floor + 0.8 * np.exp(-s / tau) + rng.normal(0, 0.001)
+        rows.append({"step": s, "tokens": 256 * s, "loss": 0.5 * fvu, "fvu": float(fvu), "auxk_loss": 0.01,
+                     "dead_fraction": 0.05, "l0": 4.0, "lr": 1e-3 * (1 - s / train_steps)})
+    return rows
 
 
 #: Mean token entropy of a variant's sampled latents at a layer (the planted effect).
@@ -148,18 +175,20 @@ def _scores(scorer: str, latents: list[int], rng: np.random.Generator) -> pa.Tab
 
 
 def build_synthetic_store(cfg: Config, stages: tuple[str, ...] = ALL_STAGES, seed: int = 0,
-                          entropy_mean: EntropyMean = planted_entropy) -> Store:
+                          entropy_mean: EntropyMean = planted_entropy, train_steps: int = TRAIN_STEPS) -> Store:
     """Publish the given stages' artifacts of every SAE of the plan into cfg['store'];
-    ``entropy_mean(variant, layer)`` plants the token entropy (default: trained 3, others 1)."""
+    ``entropy_mean(variant, layer)`` plants the token entropy (default: trained 3, others 1);
+    ``train_steps`` is the training logs' last step (rows every LOG_EVERY steps)."""
     plan = build_plan(cfg)
     store = Store(cfg["store"])
     rng = np.random.default_rng(seed)
+    log_rng = np.random.default_rng([seed, 1])  # its own stream: the other files' draws stay as they were
     if "model" in stages:
         for a in plan.stage("model"):
             _publish(store, a, {"config.json": b"{}"})
     for u in sae_units(plan):
         if "sae" in stages:
-            _publish(store, u.sae, {"sae.safetensors": b"\0" * 64})
+            _publish(store, u.sae, {"sae.safetensors": b"\0" * 64, LOG_FILE: _train_log(u, log_rng, train_steps)})
         if "sae_metrics" in stages:
             _publish(store, u.related["sae_metrics"], {"metrics.parquet": _metrics_row(u, rng)})
         lat = _latents(u, rng, entropy_mean)

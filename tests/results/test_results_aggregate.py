@@ -21,7 +21,9 @@ def _is_png(path, min_kb: float = 5) -> bool:
 def test_aggregate_writes_every_output(synth, tmp_path, capsys):
     out = aggregate(synth["cfg"], synth["store"], tmp_path / "results", n_boot=100, n_perm=100)
     assert out == expected_outputs(synth["cfg"], tmp_path / "results")
-    assert set(out) == {"db", "report", "fig_roc_tiny_detection", "fig_roc_tiny_fuzzing", "fig_metrics", "fig_discriminability"}
+    assert set(out) == {"db", "report", "fig_roc_tiny_detection", "fig_roc_tiny_fuzzing", "fig_metrics", "fig_discriminability",
+                        "fig_training"}
+    assert out["fig_training"].name == "fig_training.png" and out["fig_training"].parent.name == "figures"
     figures = {k: p for k, p in out.items() if k.startswith("fig_")}
     for name, p in figures.items():
         assert _is_png(p, min_kb=20), name
@@ -29,11 +31,12 @@ def test_aggregate_writes_every_output(synth, tmp_path, capsys):
     for p in figures.values():  # every figure embedded, named by its file
         assert f'data-file="{p.name}"' in html
     assert len(re.findall(r'src="data:image/png;base64,', html)) == len(figures)
-    for heading in ("Per-SAE metrics by variant", "Discriminability", "LLM usage and cost"):
+    for heading in ("Training", "Per-SAE metrics by variant", "Discriminability", "LLM usage and cost"):
         assert heading in html
     assert 'class="separated"' in html and "token_entropy" in html
     printed = capsys.readouterr().out
     assert "Discriminability: 4 of" in printed and "token_entropy vs" in printed and "LLM usage: 648 calls" in printed
+    assert "Training: 11 of 12 SAEs converged" in printed
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["figures", "report.html", "results.duckdb"]
 
 
@@ -43,9 +46,9 @@ def test_aggregate_on_an_empty_store_says_no_data(tmp_path, capsys):
     for name, p in out.items():
         if name.startswith("fig_"):
             assert _is_png(p, min_kb=2), name
-    assert "no rows yet" in out["report"].read_text()
+    assert "no rows yet" in out["report"].read_text() and "No training logs yet." in out["report"].read_text()
     printed = capsys.readouterr().out
-    assert "no SAE metrics yet" in printed and "no comparisons yet" in printed
+    assert "no SAE metrics yet" in printed and "no comparisons yet" in printed and "Training: No training logs yet." in printed
 
 
 def test_figures_with_partial_data(tmp_path):

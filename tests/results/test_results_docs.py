@@ -103,3 +103,14 @@ def test_database_tables_have_the_schema_columns_and_types(synth_db):
             got = {c: t for c, t, *_ in con.sql(f"DESCRIBE {name}").fetchall()}
             for col, typ in duckdb_columns(row, renames=renames, skip=skip).items():
                 assert got.get(col) == typ, f"{name}.{col}: {got.get(col)} in the database, {typ} in {row.__name__}"
+
+
+def test_train_log_column_table_is_the_trainers_schema():
+    """docs/results.md `train_log` lists the trainer's log columns (randsae.sae.train_log.SCHEMA),
+    in order and with the types the database loads them as, after the identifiers."""
+    from randsae.results.schemas import TRAIN_LOG
+
+    body = _sections(DOC.read_text())["train_log"].split("\n")
+    start = next(i for i, line in enumerate(body) if line.startswith("| identifiers |")) + 1
+    got = [tuple(c.strip() for c in line.split("|")[1:3]) for line in body[start:] if line.startswith("| `")]
+    assert got == [(f"`{c}`", t) for c, t in TRAIN_LOG.items()], "docs/results.md `train_log` drifted from train_log.SCHEMA"

@@ -77,3 +77,30 @@ def test_database_tables_have_rows_with_the_schema_columns_and_types(pipeline):
         assert variants == {"trained", "rerandomized"}
         assert con.execute("SELECT count(*) FROM scores WHERE llm_model IS NULL OR scorer <> 'detection'").fetchall()[0][0] == 0
         assert con.execute("SELECT count(*) FROM auroc").fetchall()[0][0] > 0
+
+
+def test_training_logs_and_convergence_from_the_trainers_files(pipeline):
+    """train_log holds every row of every SAE's train_log.parquet (the trainer's schema);
+    convergence has one row per SAE, the statistic of that file, NULL where the log is too
+    coarse for it (this tiny run logs only a few rows)."""
+    from randsae.results.schemas import TRAIN_LOG
+    from randsae.sae.convergence import convergence
+    from randsae.sae.train_log import LOG_FILE, SCHEMA
+
+    plan, store, db = pipeline
+    saes = plan.stage("sae")
+    with duckdb.connect(str(db), read_only=True) as con:
+        got = {c: t for c, t, *_ in con.sql("DESCRIBE train_log").fetchall()}
+        assert all(got.get(c) == t for c, t in TRAIN_LOG.items()) and list(TRAIN_LOG) == SCHEMA.names
+        for a in saes:
+            log = pq.read_table(store.path("sae", a.key) / LOG_FILE)
+            assert log.schema.remove_metadata().equals(SCHEMA)
+            rows = con.execute("SELECT step, fvu FROM train_log WHERE sae_key = ? ORDER BY step", [a.key]).fetchall()
+            assert rows == list(zip(log["step"].to_pylist(), log["fvu"].to_pylist(), strict=True)) and rows
+            conv = con.execute("SELECT steps, fvu_before, fvu_end, improvement, converged FROM convergence "
+                               "WHERE sae_key = ?", [a.key]).fetchall()
+            try:
+                want = tuple(convergence(log["step"].to_pylist(), log["fvu"].to_pylist()))
+            except ValueError:
+                want = (log["step"].to_pylist()[-1], None, None, None, None)
+            assert conv == [want], a.name

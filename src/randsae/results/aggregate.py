@@ -14,7 +14,12 @@ from typing import Any
 
 from randsae.config import as_list, normalise
 from randsae.results.db import DB_NAME, build_database
-from randsae.results.figures import discriminability_figure, metrics_figure, roc_figure
+from randsae.results.figures import (
+    discriminability_figure,
+    metrics_figure,
+    roc_figure,
+    training_figure,
+)
 from randsae.results.query import connect_readonly
 from randsae.results.report import render_report, summary_table
 from randsae.store import Store
@@ -38,6 +43,7 @@ def expected_outputs(cfg: Mapping[str, Any], results_dir: str | os.PathLike[str]
             out[f"fig_roc_{model}_{scorer}"] = fig / f"fig1_roc_{_safe(model)}_{scorer}.png"
     out["fig_metrics"] = fig / "fig2_metrics.png"
     out["fig_discriminability"] = fig / "fig3_discriminability.png"
+    out["fig_training"] = fig / "fig_training.png"
     return out
 
 
@@ -45,6 +51,7 @@ def _captions(paths: Mapping[str, Path]) -> dict[str, str]:
     caps = {
         "fig_metrics": "Figure 2: SAE metrics by layer; one line per variant, one column per model",
         "fig_discriminability": "Discriminability: how well each metric separates trained from each variant",
+        "fig_training": "Training FVU by step, one line per SAE; shaded: the last 20% of steps the convergence statistic reads",
     }
     for name in paths:
         if name.startswith("fig_roc_"):
@@ -69,6 +76,7 @@ def aggregate(cfg: Mapping[str, Any], store: Store | str | os.PathLike[str], res
                 figures[name] = roc_figure(con, paths[name], model, scorer, setting=setting)
         figures["fig_metrics"] = metrics_figure(con, paths["fig_metrics"], setting=setting)
         figures["fig_discriminability"] = discriminability_figure(con, paths["fig_discriminability"], setting=setting)
+        figures["fig_training"] = training_figure(con, paths["fig_training"])  # every SAE, not one setting
         render_report(con, paths["report"], figures=figures, captions=_captions(figures))
         summary = summary_table(con)
     if echo:

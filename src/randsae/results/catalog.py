@@ -7,6 +7,8 @@ which a test keeps in step with this dict.
 
 from __future__ import annotations
 
+from randsae.sae.convergence import CONVERGED_BELOW, LAST_FRACTION
+
 TABLES: dict[str, str] = {
     "runs": "one row per database build: when, code version, config, resampling settings",
     "artifacts": "every artifact of the config's plan that exists in the store, from its meta.json",
@@ -17,6 +19,9 @@ TABLES: dict[str, str] = {
     "explanations": "one row per explained latent: the LLM's explanation, success, tokens, cost",
     "scores": "one row per judged example: label, judge probability and prediction",
     "llm_usage": "one row per LLM call of the explain and score stages: tokens, cost, cache hits",
+    "train_log": "one row per training-log row of each built SAE: step, tokens, loss, FVU, dead fraction, L0, learning rate",
+    "convergence": f"one row per SAE with a training log: what its last {LAST_FRACTION:.0%} of steps gained in "
+                   f"training FVU, and whether that is under {CONVERGED_BELOW:g}",
     "auroc": "per SAE, scorer and explanation source: pooled AUROC with cluster-bootstrap CI, threshold metrics",
     "latent_auroc": "per latent, scorer and explanation source: AUROC and threshold metrics",
     "discriminability": "per model, layer, setting, metric and random variant: how well the metric separates trained from the variant",

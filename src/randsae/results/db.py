@@ -16,6 +16,7 @@ full set of columns regardless.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import uuid
 from collections.abc import Mapping
@@ -37,7 +38,9 @@ from randsae.results.display import variant_order_macro_sql
 from randsae.results.findings import findings
 from randsae.results.headline import headline_view_sql
 from randsae.results.layout import ID_COLUMNS, ID_TYPES, FileRef, SaeUnit, file_refs, sae_units
-from randsae.stages import stage_defs
+from randsae.sae.convergence import convergence
+from randsae.sae.train_log import LOG_FILE
+from randsae.stages import declared_output, stage_defs
 from randsae.stages.sae import cached_activations
 from randsae.store import Store, code_version
 
@@ -211,6 +214,47 @@ def _file_tables(con: duckdb.DuckDBPyConnection, store: Store, units: list[SaeUn
     usage = [FileRef(r.path, {**r.ids, "artifact_stage": stage})
              for stage in ("explain", "score") for r in file_refs(units, store, stage, "usage.parquet")]
     _load_files(con, "llm_usage", usage, _USAGE_IDS, schemas.USAGE, schemas.RENAMES)
+    _load_files(con, "train_log", _sae_file_refs(units, store, LOG_FILE), ID_TYPES, schemas.TRAIN_LOG)
+
+
+def _sae_file_refs(units: list[SaeUnit], store: Store, filename: str) -> list[FileRef]:
+    """The files ``sae/<key>/<filename>`` of every built SAE; ids: the SAE's (the artifact is
+    the SAE itself, so no ``artifact_key``)."""
+    filename = declared_output("sae", filename).name
+    refs = []
+    for u in units:
+        path = store.path("sae", u.sae.key) / filename
+        if store.exists("sae", u.sae.key) and path.is_file():
+            refs.append(FileRef(path=path, ids=u.ids()))
+    return refs
+
+
+_CONVERGENCE_TYPES: dict[str, pa.DataType] = {
+    **{n: _PA_TYPES[t] for n, t in ID_TYPES.items()},
+    "steps": pa.int64(), "fvu_before": pa.float64(), "fvu_end": pa.float64(), "improvement": pa.float64(),
+    "converged": pa.bool_(),
+}
+
+
+def _convergence(con: duckdb.DuckDBPyConnection) -> None:
+    """One row per SAE with a training log: randsae.sae.convergence.convergence of its (step,
+    fvu) rows. A log the statistic cannot read (too coarse: a row reaching into both windows)
+    gets its last step and NULL for the rest, so the report can say it was not judged."""
+    ids = list(ID_TYPES)
+    data = con.sql(f"SELECT * FROM (SELECT {', '.join(ids)}, list(step ORDER BY step), list(fvu ORDER BY step) "
+                   f"FROM train_log GROUP BY ALL) ORDER BY model, layer, expansion, k, variant_order(variant), variant, seed"
+                   ).fetchall()
+    rows = []
+    for *key, steps, fvu in data:
+        row: dict[str, Any] = dict(zip(ids, key, strict=True))
+        try:
+            c = convergence(steps, [math.nan if f is None else f for f in fvu])
+            row.update(c._asdict())
+        except ValueError:
+            row.update(steps=max(steps), fvu_before=None, fvu_end=None, improvement=None, converged=None)
+        rows.append(row)
+    table = _table_of(rows, _CONVERGENCE_TYPES) if rows else pa.schema(list(_CONVERGENCE_TYPES.items())).empty_table()
+    _create_from_arrow(con, "convergence", table)
 
 
 # ------------------------------------------------------------------------------- views
@@ -280,6 +324,7 @@ def populate(con: duckdb.DuckDBPyConnection, cfg: Mapping[str, Any], store: Stor
     _progress(con, store, plan)
     _saes(con, store, plan, units)
     _file_tables(con, store, units)
+    _convergence(con)
     pooled, per_latent = auroc_tables(con, seed, n_boot)
     _create_from_arrow(con, "auroc", pooled)
     _create_from_arrow(con, "latent_auroc", per_latent)

@@ -8,6 +8,9 @@
 - ``discriminability_figure``: per model, metric x variant heatmaps of the discriminability
   table (per-latent metrics: AUROC; per-SAE metrics: relative difference), averaged over layers,
   each cell annotated with how many layers separate.
+- ``training_figure``: training FVU against step from ``train_log``, one panel per (model,
+  layer), one line per SAE coloured by variant, the last 20% of steps shaded, the title the
+  ``convergence`` table's count.
 
 Figures use the object API (``matplotlib.figure.Figure``), never pyplot, so no global backend
 state is touched and nothing needs a display. A panel without data says "no data"; a figure
@@ -25,10 +28,14 @@ import duckdb
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter
 from sklearn.metrics import roc_curve
 
 from randsae.enums import SCORERS
 from randsae.results.display import sort_variants, variant_color
+from randsae.results.report import convergence_summary
+from randsae.sae.convergence import CONVERGED_BELOW, LAST_FRACTION
 
 DPI = 110
 
@@ -252,4 +259,75 @@ def discriminability_figure(con: duckdb.DuckDBPyConnection, out: str | os.PathLi
             im = _heat(ax, metrics, variants, value, note, cmap, vmin, vmax, f"{model}: {title}")
             fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle("Discriminability, mean over layers (cell text: value, layers separated / layers compared)", fontsize=10)
+    return _save(fig, out)
+
+
+# ------------------------------------------------------------------------------ training
+
+#: Line styles of the SAE settings (expansion, k) within a panel, in setting order.
+SETTING_STYLES: tuple[str, ...] = ("-", "--", ":", "-.")
+
+
+def training_figure(con: duckdb.DuckDBPyConnection, out: str | os.PathLike[str]) -> Path:
+    """Training FVU against step for every SAE with a training log: one panel per (model,
+    layer), one line per SAE coloured by variant (its seeds alike; settings by line style), the
+    last ``LAST_FRACTION`` of each run's steps shaded from its 80% mark, an x at the end of each
+    SAE the ``convergence`` table calls not converged; the title gives the convergence count."""
+    logs = con.sql(
+        "SELECT l.model, l.layer, l.sae_key, l.variant, l.expansion, l.k, list(l.step ORDER BY l.step), "
+        "list(l.fvu ORDER BY l.step), any_value(c.converged) FROM train_log AS l "
+        "LEFT JOIN convergence AS c USING (sae_key) GROUP BY ALL ORDER BY l.model, l.layer, l.sae_key"
+    ).fetchall()
+    panels: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+    for row in logs:
+        panels.setdefault((row[0], int(row[1])), []).append(row[2:])
+    if not panels:
+        fig = Figure(figsize=(6, 3), layout="constrained")
+        no_data(fig.subplots(), "no training logs yet")
+        return _save(fig, out)
+    settings = sorted({(int(r[4]), int(r[5])) for r in logs})  # line styles: the same in every panel
+    rows, cols = _grid(len(panels), max_cols=3)
+    fig = Figure(figsize=(4.2 * cols, 3.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_axis_off()
+    for ax, ((model, layer), saes) in zip(axes.flat, panels.items(), strict=False):
+        lasts = sorted({int(steps[-1]) for *_, steps, _, _ in saes})
+        for last in lasts:  # the span the statistic reads: its 80% mark to the end
+            ax.axvspan(last * (1 - LAST_FRACTION), last, color="0.5", alpha=0.08, lw=0)
+            ax.axvline(last * (1 - LAST_FRACTION), color="0.4", ls="--", lw=0.8)
+        fvu_all: list[float] = []
+        for _, variant, e, k, steps, fvu, converged in saes:
+            y = np.asarray([np.nan if f is None else f for f in fvu], dtype=np.float64)
+            fvu_all += [float(f) for f in y if math.isfinite(f)]
+            style = SETTING_STYLES[settings.index((int(e), int(k))) % len(SETTING_STYLES)]
+            ax.plot(steps, y, color=variant_color(variant), ls=style, lw=1.1, alpha=0.85)
+            if converged is False:
+                ax.plot(steps[-1:], y[-1:], marker="x", ms=7, mew=1.8, color=variant_color(variant), ls="none")
+        if fvu_all and min(fvu_all) > 0:
+            ax.set_yscale("log")  # the tail is what matters: early FVU would squash it on a linear axis
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(FormatStrFormatter("%.2g"))  # 0.3, not 3 x 10^-1
+        n_conv = sum(c is True for *_, c in saes)
+        ax.set_title(f"{model} layer {layer}: {n_conv}/{len(saes)} converged", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training FVU")
+    # one legend for the figure, outside the panels: inside, it would hide some panel's curve ends
+    variants = sort_variants(str(r[3]) for r in logs)
+    handles = [Line2D([], [], color=variant_color(v), label=v) for v in variants]
+    if len(settings) > 1:
+        handles += [Line2D([], [], color="0.3", ls=SETTING_STYLES[i % len(SETTING_STYLES)], label=f"x{e}-k{k}")
+                    for i, (e, k) in enumerate(settings)]
+    handles.append(Line2D([], [], color="0.4", ls="--", lw=0.8, label=f"{1 - LAST_FRACTION:.0%} of steps"))
+    if any(r[-1] is False for r in logs):
+        handles.append(Line2D([], [], marker="x", color="0.3", ls="none", label="not converged"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=8)
+    summary = convergence_summary(con)
+    title = (f"Training FVU by step: {summary.n_converged} of {summary.n_judged} SAEs converged "
+             f"(last {LAST_FRACTION:.0%} of steps gained < {CONVERGED_BELOW:g} FVU)")
+    if summary.largest:
+        title += f", largest gain {summary.largest[1]:.4f} ({summary.largest[0]})"
+    if summary.unjudged:
+        title += f"; {len(summary.unjudged)} logs too coarse to judge"
+    fig.suptitle(title, fontsize=10)
     return _save(fig, out)

@@ -17,6 +17,12 @@ SELECT * FROM headline""",
     "findings": """
 SELECT id, verdict, round(value, 4) AS value, round(ci_lo, 4) AS ci_lo, round(ci_hi, 4) AS ci_hi, n, note
 FROM findings""",
+    # Did each SAE train close to convergence? What its last 20% of steps gained in training FVU.
+    "convergence": """
+SELECT s.tag, c.steps, round(c.fvu_before, 4) AS fvu_before, round(c.fvu_end, 4) AS fvu_end,
+       round(c.improvement, 4) AS improvement, c.converged
+FROM convergence c JOIN saes s USING (sae_key)
+ORDER BY c.converged NULLS FIRST, c.improvement DESC, s.tag""",
     # How far is the pipeline? Planned vs built artifacts per stage.
     "progress": """
 SELECT stage, version, planned, built

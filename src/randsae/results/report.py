@@ -11,15 +11,18 @@ import base64
 import contextlib
 import datetime as dt
 import html
+import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 
 from randsae.results.display import VARIANT_ORDER_MACRO
 from randsae.results.query import connect_readonly, format_cell, to_table
+from randsae.sae.convergence import CONVERGED_BELOW, LAST_FRACTION
 
 #: Per-SAE columns of the report's metrics table and the summary: (metric, short header).
 KEY_METRICS: tuple[tuple[str, str], ...] = (
@@ -34,6 +37,8 @@ KEY_METRICS: tuple[tuple[str, str], ...] = (
     ("token_entropy_mean", "entropy"),
 )
 SUMMARY_MAX_ROWS = 40
+#: The figure name render_report shows in its Training section rather than under Figures.
+TRAINING_FIGURE = "fig_training"
 
 Db = str | os.PathLike[str] | duckdb.DuckDBPyConnection
 
@@ -105,6 +110,68 @@ SELECT model, variant, count(*) AS latents, count(*) FILTER (WHERE ok) AS ok,
 FROM explanations GROUP BY ALL ORDER BY ALL"""
 
 
+# -------------------------------------------------------------------------- training
+
+
+class ConvergenceSummary(NamedTuple):
+    """The ``convergence`` table in a few numbers (SAEs named by their tag)."""
+
+    n: int  # SAEs with a training log
+    n_converged: int
+    largest: tuple[str, float] | None  # (tag, improvement) of the largest finite improvement
+    unconverged: list[tuple[str, float]]  # (tag, improvement), largest improvement first
+    unjudged: list[str]  # tags of logs too coarse for the statistic (converged NULL)
+
+    @property
+    def n_judged(self) -> int:
+        return self.n - len(self.unjudged)
+
+
+CONVERGENCE_SQL = f"""
+SELECT s.tag, c.improvement, c.converged
+FROM convergence AS c JOIN saes AS s USING (sae_key)
+ORDER BY c.model, c.layer, c.expansion, c.k, {VARIANT_ORDER_MACRO}(c.variant), c.variant, c.seed"""
+
+#: The most SAEs a sentence names one by one.
+NAMED_MAX = 8
+
+
+def convergence_summary(con: duckdb.DuckDBPyConnection) -> ConvergenceSummary:
+    rows = con.sql(CONVERGENCE_SQL).fetchall()
+    finite = [(tag, float(x)) for tag, x, _ in rows if x is not None and math.isfinite(x)]
+    largest = max(finite, key=lambda r: r[1]) if finite else None
+    unconverged = sorted(((tag, float(x)) for tag, x, ok in rows if ok is False),
+                         key=lambda r: (not math.isfinite(r[1]), -r[1]))  # a NaN gain (diverged) last
+    return ConvergenceSummary(n=len(rows), n_converged=sum(ok is True for *_, ok in rows), largest=largest,
+                              unconverged=unconverged, unjudged=[tag for tag, _, ok in rows if ok is None])
+
+
+def _named(tags: Sequence[str]) -> str:
+    shown = ", ".join(tags[:NAMED_MAX])
+    return shown + (f" and {len(tags) - NAMED_MAX} more" if len(tags) > NAMED_MAX else "")
+
+
+def convergence_sentence(summary: ConvergenceSummary) -> str:
+    """How many SAEs converged, the largest gain and which SAE; which did not, and the setting to raise."""
+    if not summary.n:
+        return "No training logs yet."
+    rule = (f"their last {LAST_FRACTION:.0%} of training steps improved training FVU by less than "
+            f"{CONVERGED_BELOW:g}")
+    parts = []
+    if summary.n_judged:
+        text = f"{summary.n_converged} of {summary.n_judged} SAEs converged ({rule})"
+        if summary.largest:
+            text += f"; the largest improvement is {summary.largest[1]:.4f} ({summary.largest[0]})"
+        parts.append(text + ".")
+    if summary.unconverged:
+        parts.append(f"Not converged: {_named([f'{t} ({x:+.4f})' for t, x in summary.unconverged])}; raise "
+                     "`sae.max_tokens` (more passes over the cached training split) until they converge.")
+    if summary.unjudged:
+        parts.append(f"{len(summary.unjudged)} of {summary.n} SAEs have a training log too coarse to judge "
+                     f"({_named(summary.unjudged)}): log more often (`sae.log_every_steps`) or train longer.")
+    return " ".join(parts)
+
+
 # ------------------------------------------------------------------------------ HTML
 
 _CSS = """
@@ -139,6 +206,11 @@ def _html_table(cols: list[str], rows: list[tuple[Any, ...]], *, highlight: str 
     return f'<div class="scroll">{body}</div>' if scroll else body
 
 
+def _code(text: str) -> str:
+    """Escaped text with its `backticked` names as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def _img(path: Path, caption: str) -> str:
     if not path.is_file():
         return f'<p class="empty">figure {html.escape(path.name)} missing</p>'
@@ -153,6 +225,7 @@ def render_report(db: Db, out: str | os.PathLike[str], figures: Mapping[str, Pat
     """Write the HTML report to ``out`` (atomically) and return its path."""
     figures = dict(figures or {})
     captions = dict(captions or {})
+    training_fig = figures.pop(TRAINING_FIGURE, None)
     with _connection(db) as con:
         runs = con.sql("SELECT built_at, code_version, store_root, seed, n_boot, n_perm, alpha FROM runs").fetchall()
         progress = _fetch(con, "SELECT stage, version, planned, built FROM progress ORDER BY stage_order")
@@ -165,6 +238,7 @@ def render_report(db: Db, out: str | os.PathLike[str], figures: Mapping[str, Pat
         judges = [judge_label(*r) for r in con.sql(JUDGES_SQL).fetchall()]
         total = con.execute("SELECT count(*), coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cached) FROM llm_usage").fetchall()[0]
         n_sep = con.execute("SELECT count(*) FILTER (WHERE separated), count(*) FROM discriminability").fetchall()[0]
+        training = convergence_sentence(convergence_summary(con))
     built_at, code, root, seed, n_boot, n_perm, alpha = runs[0] if runs else (None,) * 7
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>randsae results</title>",
@@ -183,6 +257,10 @@ def render_report(db: Db, out: str | os.PathLike[str], figures: Mapping[str, Pat
         "<p>Each claim's statistic computed from this run's data, with a 95% bootstrap CI; the verdict "
         "follows from the CI by the stated rule (never written by hand). See docs/results.md.</p>",
         _html_table(*found),
+        "<h2>Training</h2>",
+        f"<p>{_code(training)} Table <code>convergence</code>; the curves are in <code>train_log</code> "
+        "(docs/results.md).</p>",
+        *([_img(training_fig, captions.get(TRAINING_FIGURE, TRAINING_FIGURE))] if training_fig else []),
         "<h2>Progress</h2>", _html_table(*progress),
         "<h2>Figures</h2>",
         *[_img(p, captions.get(name, name)) for name, p in figures.items()],
@@ -226,6 +304,7 @@ def summary_table(db: Db) -> str:
                       "WHERE separated AND level = 'latent' ORDER BY abs(auroc - 0.5) DESC LIMIT 5").fetchall()
         calls, cost = con.execute("SELECT count(*), coalesce(sum(cost_usd), 0) FROM llm_usage").fetchall()[0]
         found = con.sql("SELECT id, verdict, value, ci_lo, ci_hi FROM findings").fetchall()
+        training = convergence_sentence(convergence_summary(con))
     lines = ["SAE metrics (mean over seeds)"]
     if rows:
         shown = rows[:SUMMARY_MAX_ROWS]
@@ -242,5 +321,6 @@ def summary_table(db: Db) -> str:
     lines.append("Findings (the paper's claims on this run; docs/results.md)")
     for claim, verdict, value, lo, hi in found:
         lines.append(f"  {claim}: {verdict} ({format_cell(value)} [{format_cell(lo)}, {format_cell(hi)}])")
+    lines.append(f"Training: {training}")
     lines.append(f"LLM usage: {calls} calls, ${float(cost):.4f}")
     return "\n".join(lines) + "\n"

@@ -2,7 +2,8 @@
 
 These are the contracts of the producing stages, derived from their typed row schemas
 (:class:`randsae.metrics.schema.SaeMetricsRow`, :class:`randsae.examples_schema.LatentRow`,
-:mod:`randsae.autointerp.schema`), never kept by hand. The database uses them as a template:
+:mod:`randsae.autointerp.schema`, the Arrow schema :data:`randsae.sae.train_log.SCHEMA`), never
+kept by hand. The database uses them as a template:
 a table always has at least these columns with these types, even when no artifact has been
 built yet (a query on a pipeline that has not reached a stage returns no rows rather than
 failing), and a column a file lacks is NULL. Columns a file has beyond these are kept.
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import pyarrow as pa
+
 from randsae.autointerp.schema import ExplanationRow, ScoreRow, UsageRow
 from randsae.examples_schema import LatentRow
 from randsae.metrics.schema import SaeMetricsRow
 from randsae.rows import duckdb_columns
+from randsae.sae import train_log
 
 _PY_TO_DUCKDB = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN"}
 
@@ -39,6 +43,12 @@ SAE_METRICS: dict[str, str] = _sae_metrics_columns()
 
 #: examples/<key>/latents.parquet (one row per latent).
 LATENTS: dict[str, str] = duckdb_columns(LatentRow)
+
+_ARROW_TO_DUCKDB = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN",
+                    pa.string(): "VARCHAR"}
+
+#: sae/<key>/train_log.parquet (one row per ``log_every_steps`` steps), from the trainer's schema.
+TRAIN_LOG: dict[str, str] = {f.name: _ARROW_TO_DUCKDB[f.type] for f in train_log.SCHEMA}
 
 #: explain/<key>/explanations.parquet; the file's ``model`` (the LLM) becomes ``llm_model``.
 EXPLANATIONS: dict[str, str] = duckdb_columns(ExplanationRow, renames=RENAMES)
