@@ -331,36 +331,63 @@ class CacheSettings:
         return cls(**{k: settings[k] for k in ("batch_size", "chunk_tokens", "sort_budget", "device") if k in settings})
 
 
+@dataclass(frozen=True)
+class CacheTarget:
+    """One SAE whose latent cache a job builds: its work directory, the SAE artifact and where
+    it reads the model."""
+
+    workdir: Path
+    sae_dir: Path
+    hook: Hookpoint
+    desc: str = "latents"
+
+
 def build_latent_cache(
     workdir: Path, model_dir: Path, sae_dir: Path, tokens_dir: Path, hook: Hookpoint,
     model_dtype: str, settings: CacheSettings, desc: str = "latents",
 ) -> dict[str, Any]:
     """All three phases into ``workdir`` (encode, statistics, index); returns the facts for
     meta.json."""
+    return build_latent_caches([CacheTarget(workdir, sae_dir, hook, desc)], model_dir, tokens_dir,
+                               model_dtype, settings)[0]
+
+
+def build_latent_caches(
+    targets: list[CacheTarget], model_dir: Path, tokens_dir: Path, model_dtype: str, settings: CacheSettings,
+) -> list[dict[str, Any]]:
+    """The caches of several SAEs of one model variant over the same tokens: one forward pass
+    (to the deepest of their layers) feeds every SAE, then each cache gets its statistics and
+    index. Each cache is byte for byte the one a job building it alone writes. Returns the
+    facts for each target's meta.json."""
     t0 = time.perf_counter()
-    enc = encode_tokens(workdir, model_dir, sae_dir, tokens_dir, hook, model_dtype, settings, desc)
-    t1 = time.perf_counter()
-    stats, n_entries = finish_cache(workdir, enc["n_latents"], enc["ctx_len"], hook.first_eligible_position, settings.sort_budget)
-    (workdir / PROGRESS).unlink(missing_ok=True)
-    t2 = time.perf_counter()
-    fired = int((stats.fire_counts > 0).sum())
-    if enc["values_clamped"]:
-        log.warning("%s: %d activations exceeded the fp16 maximum and were clamped to %g",
-                    desc, enc["values_clamped"], FP16_MAX)
-    arrays = [zarr_io.open_array(workdir / name) for name in (INDICES, VALUES)]
-    return {
-        **enc,
-        "layer": hook.layer,
-        "layer_source": hook.source,
-        "first_eligible_position": hook.first_eligible_position,
-        "acts_dtype": hook.acts_dtype,
-        "n_entries": n_entries,
-        "latents_fired": fired,
-        "latents_never_fired": enc["n_latents"] - fired,
-        "seconds_encode": round(t1 - t0, 2),
-        "seconds_index": round(t2 - t1, 2),
-        "stored_bytes": sum(a.nbytes_stored() for a in arrays),
-    }
+    encs = encode_tokens(targets, model_dir, tokens_dir, model_dtype, settings)
+    seconds_encode = round(time.perf_counter() - t0, 2)
+    out = []
+    for t, enc in zip(targets, encs, strict=True):
+        t1 = time.perf_counter()
+        stats, n_entries = finish_cache(t.workdir, enc["n_latents"], enc["ctx_len"], t.hook.first_eligible_position,
+                                        settings.sort_budget)
+        (t.workdir / PROGRESS).unlink(missing_ok=True)
+        fired = int((stats.fire_counts > 0).sum())
+        if enc["values_clamped"]:
+            log.warning("%s: %d activations exceeded the fp16 maximum and were clamped to %g",
+                        t.desc, enc["values_clamped"], FP16_MAX)
+        arrays = [zarr_io.open_array(t.workdir / name) for name in (INDICES, VALUES)]
+        out.append({
+            **enc,
+            "layer": t.hook.layer,
+            "layer_source": t.hook.source,
+            "first_eligible_position": t.hook.first_eligible_position,
+            "acts_dtype": t.hook.acts_dtype,
+            "n_entries": n_entries,
+            "latents_fired": fired,
+            "latents_never_fired": enc["n_latents"] - fired,
+            "seconds_encode": seconds_encode,
+            "seconds_index": round(time.perf_counter() - t1, 2),
+            "stored_bytes": sum(a.nbytes_stored() for a in arrays),
+            "saes_in_job": len(targets),
+        })
+    return out
 
 
 def _resume_point(workdir: Path, layout: dict[str, int]) -> tuple[int, int]:
@@ -381,51 +408,75 @@ def _mark_done(workdir: Path, chunks_done: int, layout: dict[str, int], clamped:
     os.replace(tmp, workdir / PROGRESS)
 
 
+@dataclass
+class _Encoding:
+    """One target's state during phase 1."""
+
+    target: CacheTarget
+    sae: Any
+    start: int  # first chunk still to write
+    clamped: int
+    indices: zarr.Array
+    values: zarr.Array
+
+
 def encode_tokens(
-    workdir: Path, model_dir: Path, sae_dir: Path, tokens_dir: Path, hook: Hookpoint,
-    model_dtype: str, settings: CacheSettings, desc: str,
-) -> dict[str, Any]:
-    """Phase 1: forward to the SAE's layer, encode, write indices/values chunk by chunk (whole
-    sequences, resumable after the last complete chunk)."""
+    targets: list[CacheTarget], model_dir: Path, tokens_dir: Path, model_dtype: str, settings: CacheSettings,
+) -> list[dict[str, Any]]:
+    """Phase 1: forward to the deepest target layer, encode with each SAE, write each
+    indices/values chunk by chunk (whole sequences; each cache resumable after its last
+    complete chunk, so a killed job redoes only chunks some cache still lacks)."""
     from randsae import forward
     from randsae.devices import resolve_device
     from randsae.models.artifact import load_model_artifact
     from randsae.sae import TopKSAE
 
+    if not targets:
+        raise ValueError("build_latent_caches: no target")
     t0 = time.perf_counter()
     dev = resolve_device(settings.device)
     loaded = load_model_artifact(model_dir, dtype=zarr_io.torch_dtype(model_dtype), device=dev)
-    sae = TopKSAE.load(sae_dir, device=dev)
-    seconds_load = time.perf_counter() - t0
-    if sae.d_model != loaded.model.config.hidden_size:
-        raise ValueError(f"{sae_dir}: SAE width {sae.d_model} != model width {loaded.model.config.hidden_size}")
     tokens = forward.open_tokens(tokens_dir)
     n_seq, ctx_len = tokens.shape
     if n_seq * ctx_len >= 2**31:
         raise ValueError(f"{n_seq * ctx_len} tokens: the cache's int32 row ids allow fewer than 2**31")
     seqs_per_chunk = max(1, settings.chunk_tokens // ctx_len)
     layout = {"seqs_per_chunk": seqs_per_chunk}
-    start, clamped = _resume_point(workdir, layout)
-    attrs = {"ctx_len": ctx_len, "n_seq": n_seq, "n_latents": sae.n_latents, "layer": hook.layer,
-             "first_eligible_position": hook.first_eligible_position, "hookpoint": "block_output"}
-    if start:
-        idx_arr, val_arr = (zarr_io.open_array(workdir / n, mode="r+") for n in (INDICES, VALUES))
-        log.info("resuming at chunk %d", start)
-    else:
-        idx_arr, val_arr = create_cache_arrays(workdir, n_seq * ctx_len, sae.k, seqs_per_chunk * ctx_len, attrs)
+    encs = []
+    for t in targets:
+        sae = TopKSAE.load(t.sae_dir, device=dev)
+        if sae.d_model != loaded.model.config.hidden_size:
+            raise ValueError(f"{t.sae_dir}: SAE width {sae.d_model} != model width {loaded.model.config.hidden_size}")
+        start, clamped = _resume_point(t.workdir, layout)
+        attrs = {"ctx_len": ctx_len, "n_seq": n_seq, "n_latents": sae.n_latents, "layer": t.hook.layer,
+                 "first_eligible_position": t.hook.first_eligible_position, "hookpoint": "block_output"}
+        if start:
+            idx_arr, val_arr = (zarr_io.open_array(t.workdir / n, mode="r+") for n in (INDICES, VALUES))
+            log.info("%s: resuming at chunk %d", t.desc, start)
+        else:
+            idx_arr, val_arr = create_cache_arrays(t.workdir, n_seq * ctx_len, sae.k, seqs_per_chunk * ctx_len, attrs)
+        encs.append(_Encoding(t, sae, start, clamped, idx_arr, val_arr))
+    seconds_load = time.perf_counter() - t0
+    layers = sorted({t.hook.layer for t in targets})
     n_chunks = -(-n_seq // seqs_per_chunk)
-    with forward.progress_bar(f"latents {desc}", n_seq * ctx_len, start * seqs_per_chunk * ctx_len) as bar:
-        for c in range(start, n_chunks):
+    first = min(e.start for e in encs)
+    desc = targets[0].desc + (f" and {len(targets) - 1} more SAEs" if len(targets) > 1 else "")
+    with forward.progress_bar(f"latents {desc}", n_seq * ctx_len, first * seqs_per_chunk * ctx_len) as bar:
+        for c in range(first, n_chunks):
             s0, s1 = c * seqs_per_chunk, min(n_seq, (c + 1) * seqs_per_chunk)
-            parts = [encode_hidden(sae, b.hidden[hook.layer], hook.acts_dtype)
-                     for b in forward.hidden_batches(loaded, tokens, range(s0, s1), [hook.layer], settings.batch_size, dev, bar)]
-            idx_arr[s0 * ctx_len : s1 * ctx_len] = np.concatenate([p[0] for p in parts])
-            val_arr[s0 * ctx_len : s1 * ctx_len] = np.concatenate([p[1] for p in parts])
-            clamped += sum(p[2] for p in parts)
-            _mark_done(workdir, c + 1, layout, clamped)
-    return {"n_rows": n_seq * ctx_len, "n_seq": n_seq, "ctx_len": ctx_len, "k": sae.k,
-            "n_latents": sae.n_latents, "values_clamped": clamped, "device": str(dev),
-            "seconds_load": round(seconds_load, 2)}
+            todo = [e for e in encs if e.start <= c]
+            parts: list[list[tuple[np.ndarray, np.ndarray, int]]] = [[] for _ in todo]
+            for b in forward.hidden_batches(loaded, tokens, range(s0, s1), layers, settings.batch_size, dev, bar):
+                for e, got in zip(todo, parts):
+                    got.append(encode_hidden(e.sae, b.hidden[e.target.hook.layer], e.target.hook.acts_dtype))
+            for e, got in zip(todo, parts):
+                e.indices[s0 * ctx_len : s1 * ctx_len] = np.concatenate([p[0] for p in got])
+                e.values[s0 * ctx_len : s1 * ctx_len] = np.concatenate([p[1] for p in got])
+                e.clamped += sum(p[2] for p in got)
+                _mark_done(e.target.workdir, c + 1, layout, e.clamped)
+    return [{"n_rows": n_seq * ctx_len, "n_seq": n_seq, "ctx_len": ctx_len, "k": e.sae.k,
+             "n_latents": e.sae.n_latents, "values_clamped": e.clamped, "device": str(dev),
+             "seconds_load": round(seconds_load, 2)} for e in encs]
 
 
 # --------------------------------------------------------------------------- reading

@@ -149,6 +149,16 @@ def group_by_inputs(*roles: str) -> Callable[[Artifact], str]:
     return group
 
 
+def group_by_labels(*names: str) -> Callable[[Artifact], str]:
+    """A ``group`` function: artifacts with the same plan labels ``names`` (e.g. model and
+    variant) share one job."""
+
+    def group(a: Artifact) -> str:
+        return "-".join(str(a.labels[name]) for name in names)
+
+    return group
+
+
 @dataclass(frozen=True)
 class StageDef:
     """The one declaration of a stage.
@@ -158,6 +168,8 @@ class StageDef:
     ``inputs``: role -> stage of that input. ``expand``: the artifacts the config needs.
     ``run``: builds one artifact; or ``run_group`` with ``group``: artifacts with equal group ids
     are built by one job (for example every layer of one model variant in one forward pass).
+    ``run`` with ``group``: one job builds its group's artifacts one after another (no shared
+    compute, but one process start, import and input load for many small artifacts).
     ``local``: whether jobs must run on the submit host for this config (API calls from a
     cluster whose compute nodes have no internet).
     ``extra_inputs``: artifacts a job of this stage reads when the plan has them, beyond its
@@ -182,5 +194,5 @@ class StageDef:
     def __post_init__(self) -> None:
         if (self.run is None) == (self.run_group is None):
             raise ValueError(f"stage {self.name}: give exactly one of run and run_group")
-        if (self.run_group is None) != (self.group is None):
-            raise ValueError(f"stage {self.name}: run_group and group go together")
+        if self.run_group is not None and self.group is None:
+            raise ValueError(f"stage {self.name}: run_group needs group")

@@ -186,3 +186,69 @@ def test_examples_stage_reads_the_cache(built):
         assert len(b.explainer) == 4 and len(b.test) == 4 and len(b.non_activating) == 2
         text = "".join(b.explainer[0].tokens)
         assert text and len(b.explainer[0].tokens) == len(b.explainer[0].token_ids) <= 32
+
+
+def test_one_job_for_several_saes_gives_each_its_solo_cache(tmp_path, tiny_model_dir):
+    """The latents group (one model variant: two layers x two seeds) shares one forward pass;
+    each cache is byte for byte the cache of a job building that SAE alone, also when the
+    group resumes with its members at different chunks."""
+    cfg = tiny_config(tiny_model_dir, tmp_path / "store", **{"models.tiny.layers": [0, 1], "sae.seeds": [0, 1]})
+    cfg["variants"] = ["trained"]
+    plan = build_plan(normalise(cfg))
+    store = Store(tmp_path / "store")
+    for a in plan.stage("model") + [plan.by_name["tokens/tiny/kjv/interp"]]:
+        build(a.spec(), store)
+    saes = plan.stage("sae")
+    for i, a in enumerate(saes):  # stand in for the sae stage: random weights, one seed each
+        with store.publish(a.spec()) as b:
+            sae = TopKSAE.initialised(32, 64, 4, seed=10 + i)
+            sae.config = SaeConfig(expansion_factor=2, k=4)
+            sae.save(b.workdir)
+    specs = [a.spec() for a in plan.stage("latents")]
+    assert len(specs) == 4 and len({stages.stage_def("latents").group(a) for a in plan.stage("latents")}) == 1
+    settings = lat_mod.CacheSettings(batch_size=BATCH, chunk_tokens=CHUNK)
+    solo = {}
+    for spec in specs:
+        args = [store.root / spec["inputs"][r] for r in ("model", "sae", "tokens")]
+        work = tmp_path / "solo" / spec["key"]
+        work.mkdir(parents=True)
+        lat_mod.build_latent_cache(work, *args, resolve_hookpoint(args[1], store.root), "float32", settings)
+        solo[spec["key"]] = work
+    # a member that an earlier attempt left two chunks in: the group resumes it where it was
+    first = specs[0]
+    early = tmp_path / "early"
+    args = [store.root / first["inputs"][r] for r in ("model", "sae", "tokens")]
+    real, calls = lat_mod.encode_hidden, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    early.mkdir()
+    lat_mod.encode_hidden = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lat_mod.build_latent_cache(early, *args, resolve_hookpoint(args[1], store.root), "float32", settings)
+    finally:
+        lat_mod.encode_hidden = real
+    targets = [lat_mod.CacheTarget(early if s is first else tmp_path / "group" / s["key"], store.root / s["inputs"]["sae"],
+                                   resolve_hookpoint(store.root / s["inputs"]["sae"], store.root), s["name"])
+               for s in specs]
+    for t in targets[1:]:
+        t.workdir.mkdir(parents=True)
+    infos = lat_mod.build_latent_caches(targets, args[0], args[2], "float32", settings)
+    assert [i["saes_in_job"] for i in infos] == [4] * 4
+    assert {i["layer"] for i in infos} == {0, 1}
+    for spec, t in zip(specs, targets):
+        for name in (INDICES, VALUES, INDEX_ROWS, INDEX_VALUES):
+            assert np.array_equal(zarr_io.open_array(t.workdir / name)[:],
+                                  zarr_io.open_array(solo[spec["key"]] / name)[:]), (spec["name"], name)
+        assert np.array_equal(np.load(t.workdir / OFFSETS), np.load(solo[spec["key"]] / OFFSETS))
+    # and through the stage: one group job publishes all four
+    stages.build_group(specs, store, {"batch_size": BATCH, "chunk_tokens": CHUNK})
+    for spec in specs:
+        path = store.path("latents", spec["key"])
+        assert np.array_equal(zarr_io.open_array(path / INDICES)[:], zarr_io.open_array(solo[spec["key"]] / INDICES)[:])
+        assert json.loads((path / "meta.json").read_text())["info"]["saes_in_job"] == 4

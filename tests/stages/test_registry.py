@@ -38,8 +38,10 @@ def test_a_runner_and_a_group_runner_are_exclusive():
               resources=Resources(1, 1), outputs=(OutputFile("f", "f"),))
     with pytest.raises(ValueError, match="exactly one of run and run_group"):
         StageDef(**kw)
-    with pytest.raises(ValueError, match="run_group and group go together"):
+    with pytest.raises(ValueError, match="run_group needs group"):
         StageDef(**kw, run_group=lambda ctxs: None)
+    # a per-artifact runner may be grouped: one job builds the members one after another
+    assert StageDef(**kw, run=lambda ctx: None, group=lambda a: "g").group is not None
 
 
 def test_plan_artifacts_carry_labels_and_the_declared_version(tmp_path):
@@ -91,3 +93,17 @@ def test_declared_row_schemas_resolve():
             if out.schema:
                 module, attr = out.schema.split(":")
                 assert hasattr(importlib.import_module(module), attr), out.schema
+
+
+def test_per_sae_stages_share_one_job_per_model_variant(tmp_path):
+    """latents (shared forward), examples, explain and score (one job building its members one
+    after another): one group per model variant, whatever the layers and seeds."""
+    cfg = tiny_config(tmp_path / "m", tmp_path / "s", **{"models.tiny.layers": [0, 1], "sae.seeds": [0, 1, 2]})
+    plan = build_plan(normalise(cfg))
+    for name in ("latents", "examples", "explain", "score"):
+        arts = plan.stage(name)
+        groups: dict[str, set[str]] = {}
+        for a in arts:
+            groups.setdefault(stage_def(name).group(a), set()).add(a.labels["variant"])
+        assert len(arts) >= 12 and len(groups) == len(cfg["variants"]), name
+        assert all(len(v) == 1 for v in groups.values()), name

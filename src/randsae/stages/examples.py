@@ -23,7 +23,16 @@ import logging
 from collections.abc import Iterator
 
 from randsae.enums import TRAINED
-from randsae.stage import Config, OutputFile, Planned, PlanSoFar, Resources, StageContext, StageDef
+from randsae.stage import (
+    Config,
+    OutputFile,
+    Planned,
+    PlanSoFar,
+    Resources,
+    StageContext,
+    StageDef,
+    group_by_labels,
+)
 
 log = logging.getLogger("randsae")
 
@@ -73,4 +82,7 @@ STAGE = StageDef(
                    "randsae.examples_schema:LatentRow"),
     ),
     run=run,
+    # one job per model variant builds its SAEs' artifacts one after another: each is small,
+    # and a job per SAE would spend most of its time starting up
+    group=group_by_labels("model", "variant"),
 )

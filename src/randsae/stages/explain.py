@@ -6,7 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from randsae.stage import Config, OutputFile, Planned, PlanSoFar, Resources, StageContext, StageDef
+from randsae.stage import (
+    Config,
+    OutputFile,
+    Planned,
+    PlanSoFar,
+    Resources,
+    StageContext,
+    StageDef,
+    group_by_labels,
+)
 
 
 def llm_params(ai: dict[str, Any]) -> dict[str, Any]:
@@ -53,5 +62,8 @@ STAGE = StageDef(
         OutputFile("usage.parquet", "one row per LLM call", "randsae.autointerp.schema:UsageRow"),
     ),
     run=run,
+    # one job per model variant builds its SAEs' artifacts one after another: each is small,
+    # and a job per SAE would spend most of its time starting up
+    group=group_by_labels("model", "variant"),
     local=calls_api,
 )

@@ -1,8 +1,9 @@
 """Stage ``latents``: run the model and the SAE over the interp split and cache each token's
 top-k latents (layout: :mod:`randsae.latents`, docs/latents.md).
 
-The compute lives in :mod:`randsae.latents` (:func:`~randsae.latents.build_latent_cache`, over
-the shared forward loop of :mod:`randsae.forward`), so importing this module stays cheap.
+The compute lives in :mod:`randsae.latents` (:func:`~randsae.latents.build_latent_caches`, over
+the shared forward loop of :mod:`randsae.forward`), so importing this module stays cheap. One
+job per (model variant, interp split) builds the caches of all its SAEs from one forward pass.
 
 Inputs (roles): ``model`` (model artifact of the SAE's variant), ``sae`` (sae artifact:
 sae.safetensors + cfg.json, loaded with ``randsae.sae.TopKSAE.load``), ``tokens`` (interp
@@ -25,7 +26,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from randsae.stage import Config, OutputFile, Planned, PlanSoFar, Resources, StageContext, StageDef
+from randsae.stage import (
+    Config,
+    OutputFile,
+    Planned,
+    PlanSoFar,
+    Resources,
+    StageContext,
+    StageDef,
+    group_by_inputs,
+)
 from randsae.stages.sae import per_sae
 
 log = logging.getLogger("randsae")
@@ -37,17 +47,32 @@ def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
         yield Planned(sae.name.removeprefix("sae/"), where, inputs, dict(sae.labels))
 
 
-def run(ctx: StageContext) -> None:
-    from randsae.latents import CacheSettings, build_latent_cache, resolve_hookpoint
+def run_group(ctxs: list[StageContext]) -> None:
+    """Every SAE among ``ctxs`` (one model variant, one interp split): one forward pass to the
+    deepest of their layers, each SAE encoding its own layer's rows (each cache byte for byte
+    that of a job building it alone)."""
+    from randsae.latents import CacheSettings, CacheTarget, build_latent_caches, resolve_hookpoint
 
-    hook = resolve_hookpoint(ctx.inputs["sae"], ctx.store.root)
-    log.info("%s: layer %d (from %s), first eligible position %d",
-             ctx.spec["name"], hook.layer, hook.source, hook.first_eligible_position)
-    info = build_latent_cache(
-        ctx.workdir, ctx.inputs["model"], ctx.inputs["sae"], ctx.inputs["tokens"], hook,
-        ctx.params["model_dtype"], CacheSettings.from_settings(ctx.settings), desc=ctx.spec["name"],
-    )
-    ctx.info.update(info)
+    first = ctxs[0]
+    dtypes = {c.params["model_dtype"] for c in ctxs}
+    if len(dtypes) > 1 or any(c.inputs["model"] != first.inputs["model"] or c.inputs["tokens"] != first.inputs["tokens"]
+                              for c in ctxs):
+        raise ValueError(f"latents: {first.name} and others differ in model, tokens or model dtype; "
+                         "only SAEs of one model variant and one interp split share a job")
+    targets = []
+    for c in ctxs:
+        hook = resolve_hookpoint(c.inputs["sae"], c.store.root)
+        log.info("%s: layer %d (from %s), first eligible position %d",
+                 c.name, hook.layer, hook.source, hook.first_eligible_position)
+        targets.append(CacheTarget(c.workdir, c.inputs["sae"], hook, c.name))
+    infos = build_latent_caches(targets, first.inputs["model"], first.inputs["tokens"], dtypes.pop(),
+                                CacheSettings.from_settings(first.settings))
+    for c, info in zip(ctxs, infos, strict=True):
+        c.info.update(info)
+
+
+#: One job per (model variant, interp tokens): every SAE of that variant, all layers and seeds.
+group = group_by_inputs("model", "tokens")
 
 
 STAGE = StageDef(
@@ -63,5 +88,6 @@ STAGE = StageDef(
         OutputFile("index/", "offsets.npy, rows.zarr, values.zarr: each latent's tokens, by latent"),
         OutputFile("fire_counts.npy", "per-latent statistics, with max_activation, sum_activation and sumsq_activation .npy"),
     ),
-    run=run,
+    run_group=run_group,
+    group=group,
 )

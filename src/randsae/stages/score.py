@@ -6,7 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from randsae.enums import LEXICAL
-from randsae.stage import Config, OutputFile, Planned, PlanSoFar, Resources, StageContext, StageDef
+from randsae.stage import (
+    Config,
+    OutputFile,
+    Planned,
+    PlanSoFar,
+    Resources,
+    StageContext,
+    StageDef,
+    group_by_labels,
+)
 from randsae.stages.explain import calls_api, llm_params
 
 
@@ -42,5 +51,8 @@ STAGE = StageDef(
         OutputFile("usage.parquet", "one row per LLM call", "randsae.autointerp.schema:UsageRow"),
     ),
     run=run,
+    # one job per model variant builds its SAEs' artifacts one after another: each is small,
+    # and a job per SAE would spend most of its time starting up
+    group=group_by_labels("model", "variant"),
     local=calls_api,
 )
