@@ -10,6 +10,8 @@ import hashlib
 from collections import defaultdict
 
 from randsae.plan import execution_settings
+from randsae.sae_devices import gpu_resources, launch_command
+from randsae.stages.sae import planned_devices
 from randsae.stages import stage_defs
 
 BUILD = f"{shlex.quote(PY)} -m randsae build --store {shlex.quote(STORE)} --threads {{threads}}"
@@ -70,6 +72,12 @@ for _stage in stage_defs().values():
         # every member's inputs (sae_metrics: the group's SAEs differ), not just the first's
         _in = {role: sorted({link_path(a.input_stages[role], a.inputs[role]) for a in _todo}) for role in _todo[0].inputs}
         _in.update(_extra_inputs(_stage, _todo))
+        # sae: a group may be spread over several devices (execution.sae.devices; one torchrun
+        # process per device, each asking for the GPUs the profile gives one job, times N)
+        _n = planned_devices(CFG, PLAN, _todo) if _stage.name == "sae" else 1
+        _gsettings = execution_settings(CFG, _stage.name)
+        if _stage.name == "sae":
+            _gsettings["devices"] = _n
 
         rule:
             name: f"{_stage.name}_{_gid}"
@@ -77,9 +85,9 @@ for _stage in stage_defs().values():
             input: **_in
             params:
                 specs=shlex.quote(canonical_json([a.spec() for a in _todo])),
-                settings=_settings(_stage.name),
+                settings=shlex.quote(canonical_json(_gsettings)),
             log: f"logs/{_stage.name}/{_gid}.log"
             threads: family_threads(_stage.name, DEFAULT_THREADS)
-            resources: **family_resources(_stage.name, _resources(_stage))
+            resources: **gpu_resources(family_resources(_stage.name, _resources(_stage)), _n)
             localrule: _stage.local(CFG)
-            shell: BUILD + " --specs {params.specs} --settings {params.settings} --link {output} > {log} 2>&1"
+            shell: launch_command(BUILD, _n) + " --specs {params.specs} --settings {params.settings} --link {output} > {log} 2>&1"

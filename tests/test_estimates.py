@@ -244,3 +244,23 @@ def test_unknown_width_gives_unknown_not_zero(tmp_path):
     assert stage(est, "sae").store_bytes is None and est.disk_peak_bytes is None
     assert est.gpu_hours["a100"] is None
     assert "unknown" in E.format_estimates(est)
+
+
+def test_device_split_spreads_a_group_over_the_fewest_devices_that_hold_it():
+    from randsae.estimates import MemoryEstimate, device_split
+
+    gib = 1024**3
+    # streamed: model 10 GiB on rank 0; four SAEs of 30 GiB (state + workspace) each
+    est = MemoryEstimate("g", True, 4, model_weights=10 * gib, forward_batch=0, window_buffer=0,
+                         sae_state=100 * gib, sae_workspace=20 * gib)
+    costs = [30 * gib] * 4
+    one = device_split(est, costs, 1)
+    assert (one.devices, one.device_peak) == (1, est.total) and est.total == 130 * gib
+    auto = device_split(est, costs, "auto")  # 10 + 30 + 30 = 70 on rank 0, 60 on rank 1
+    assert (auto.devices, auto.device_peak) == (2, 70 * gib)
+    four = device_split(est, costs, 4)
+    assert (four.devices, four.device_peak) == (4, 40 * gib)
+    assert device_split(est, costs, 9).devices == 4  # at most one device per SAE
+    # rank 0's fixed share plus one SAE over 80 GiB: no count fits, auto plans one device
+    big = est._replace(model_weights=60 * gib)
+    assert device_split(big, costs, "auto").devices == 1

@@ -324,6 +324,13 @@ class MemoryEstimate(NamedTuple):
     sae_state: int  # params + grads + Adam m and v, fp32 (16 bytes per parameter), every SAE
     sae_workspace: int  # per SAE: dense pre-activations of one batch (kept between steps)
     model: str = ""  # the configured model's name, for the advice
+    devices: int = 1  # devices the job spreads its SAEs over (execution.sae.devices)
+    per_device: int = 0  # the largest device's share (rank 0 holds the model); 0 = total
+
+    @property
+    def device_peak(self) -> int:
+        """The memory the fullest device needs."""
+        return self.per_device or self.total
 
     @property
     def total(self) -> int:
@@ -465,29 +472,54 @@ def _forward_batch_seqs(cfg: Config) -> int:
     return int(ex.get("sae", {}).get("forward_batch_size") or ex.get("activations", {}).get("batch_size", 8))
 
 
-def plan_group_memory(cfg: Config, plan: Plan, a: Assumptions = DEFAULT_ASSUMPTIONS) -> list[MemoryEstimate]:
-    """The prediction of every SAE training job of the plan (largest first); groups of a model
-    of unknown width are left out."""
-    out = []
+def device_split(est: MemoryEstimate, sae_costs: Sequence[int], setting: int | str) -> MemoryEstimate:
+    """``est`` spread over the devices ``execution.sae.devices`` asks for (``auto``: the fewest
+    80 GiB devices on which every share fits, one if none does), at most one per SAE: each SAE
+    goes to one device (:func:`randsae.sae_devices.assign`), rank 0 also holds the model, the
+    forward batch and the windows."""
+    from randsae.sae_devices import AUTO_DEVICE_BYTES, assign, fewest_devices, rank_loads
+
+    base0 = est.model_weights + est.forward_batch + est.window_buffer
+    if setting == "auto":
+        n = fewest_devices(sae_costs, base0, AUTO_DEVICE_BYTES) or 1
+    else:
+        n = max(1, min(int(setting), len(sae_costs)))
+    if n == 1:
+        return est._replace(devices=1, per_device=est.total)
+    base = [base0] + [0] * (n - 1)
+    return est._replace(devices=n, per_device=max(rank_loads(sae_costs, assign(sae_costs, n, base), base)))
+
+
+def sae_group_memory(cfg: Config, plan: Plan, arts: Sequence[Artifact],
+                     a: Assumptions = DEFAULT_ASSUMPTIONS) -> MemoryEstimate | None:
+    """The prediction for the sae job training ``arts`` (one group), split over the devices the
+    config asks for; None when the model's width is unknown."""
     ctx = cfg["corpus"]["splits"]["train"]["ctx_len"]
-    for arts in _sae_groups(plan).values():
-        lab = arts[0].labels
-        f = model_facts(cfg, lab["model"], a)
-        if f is None:
-            continue
-        streamed = not group_is_cached(cfg, plan, lab["model"], lab["variant"])
-        saes = [SaeShape(x.params["expansion"] * f.d_model, x.params["batch_size"], x.params["dtype"]) for x in arts]
-        layers = {x.labels["layer"] for x in arts}
-        n = len(arts)
-        out.append(predict_group_memory(
-            group=f"sae {lab['model']}/{lab['variant']}: {n} SAE{'s' if n > 1 else ''} "
-                  f"({'streamed' if streamed else 'cached'})",
-            d_model=f.d_model, saes=saes, streamed=streamed, n_model_params=f.n_params,
-            model_dtype=cfg["models"][lab["model"]]["dtype"], hooked_layers=len(layers),
-            forward_batch_tokens=_forward_batch_seqs(cfg) * ctx,
-            window_rows=arts[0].params.get("shuffle_buffer_tokens", 262144),
-            activations_dtype=cfg["activations"]["dtype"], model=lab["model"], a=a))
-    return sorted(out, key=lambda e: -e.total)
+    lab = arts[0].labels
+    f = model_facts(cfg, lab["model"], a)
+    if f is None:
+        return None
+    streamed = not group_is_cached(cfg, plan, lab["model"], lab["variant"])
+    saes = [SaeShape(x.params["expansion"] * f.d_model, x.params["batch_size"], x.params["dtype"]) for x in arts]
+    layers = {x.labels["layer"] for x in arts}
+    n = len(arts)
+    est = predict_group_memory(
+        group=f"sae {lab['model']}/{lab['variant']}: {n} SAE{'s' if n > 1 else ''} "
+              f"({'streamed' if streamed else 'cached'})",
+        d_model=f.d_model, saes=saes, streamed=streamed, n_model_params=f.n_params,
+        model_dtype=cfg["models"][lab["model"]]["dtype"], hooked_layers=len(layers),
+        forward_batch_tokens=_forward_batch_seqs(cfg) * ctx,
+        window_rows=arts[0].params.get("shuffle_buffer_tokens", 262144),
+        activations_dtype=cfg["activations"]["dtype"], model=lab["model"], a=a)
+    costs = [predict_group_memory(group="", d_model=f.d_model, saes=[s], streamed=False, a=a).total for s in saes]
+    return device_split(est, costs, cfg["execution"].get("sae", {}).get("devices", 1))
+
+
+def plan_group_memory(cfg: Config, plan: Plan, a: Assumptions = DEFAULT_ASSUMPTIONS) -> list[MemoryEstimate]:
+    """The prediction of every SAE training job of the plan (the fullest device first); groups
+    of a model of unknown width are left out."""
+    out = [e for arts in _sae_groups(plan).values() if (e := sae_group_memory(cfg, plan, arts, a)) is not None]
+    return sorted(out, key=lambda e: -e.device_peak)
 
 
 # ---------------------------------------------------------------------------- stages
@@ -524,7 +556,8 @@ class Estimates(NamedTuple):
                                  "gpu_hours": s.gpu_hours, "llm_cost_usd": s.llm_cost_usd} for s in self.stages},
             "largest_group_memory": None if g is None else {
                 "group": g.group, "total_bytes": g.total, **{f"{k}_bytes": v for k, v in g.parts().items()},
-                "fits": {acc.name: g.total <= acc.memory_bytes for acc in ACCELERATORS}},
+                "devices": g.devices, "device_peak_bytes": g.device_peak,
+                "fits": {acc.name: g.device_peak <= acc.memory_bytes for acc in ACCELERATORS}},
             "accelerators": {acc.name: {"bf16_flops": acc.bf16_flops, "fp32_flops": acc.fp32_flops,
                                         "memory_bytes": acc.memory_bytes, "source": acc.source} for acc in ACCELERATORS},
             "assumptions": {name: {"value": value, "doc": doc, "source": source}
@@ -877,10 +910,18 @@ def format_estimates(est: Estimates) -> str:
     g = est.largest_group
     if g is not None:
         parts = ", ".join(f"{k.replace('_', ' ')} {human_gib(v)}" for k, v in g.parts().items() if v)
-        fits = ", ".join(f"{acc.name.upper()} {human_gib(acc.memory_bytes)}: {'fits' if g.total <= acc.memory_bytes else 'DOES NOT FIT'}"
+        fits = ", ".join(f"{acc.name.upper()} {human_gib(acc.memory_bytes)}: {'fits' if g.device_peak <= acc.memory_bytes else 'DOES NOT FIT'}"
                          for acc in ACCELERATORS)
-        lines.append(f"largest SAE job's device memory: {g.group}: {human_gib(g.total)} ({parts}); {fits}")
-        if g.total > A100.memory_bytes:
+        spread = (f"; on {g.devices} devices (execution.sae.devices) the fullest holds {human_gib(g.device_peak)}"
+                  if g.devices > 1 else "")
+        lines.append(f"largest SAE job's device memory: {g.group}: {human_gib(g.total)} ({parts}){spread}; {fits}")
+        if g.device_peak > A100.memory_bytes:
+            if g.n_saes > 1:
+                fixed = g.model_weights + g.forward_batch + g.window_buffer
+                one = (g.sae_state + g.sae_workspace) // g.n_saes
+                lines.append(f"  on several devices (execution.sae.devices) the first holds the model, forward batch "
+                             f"and windows ({human_gib(fixed)}) and at least one SAE ({human_gib(one)}), the others "
+                             "one SAE or more")
             lines.append(f"  to fit: {settings_to_change(g)}")
     lines.append("accelerators:")
     for acc in ACCELERATORS:

@@ -194,6 +194,7 @@ def train_parts(
     device: str | torch.device | None = None,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    round_sync: Callable[[bool], bool] | None = None,
 ) -> list[list[TrainResult]]:
     """Train every part's SAEs on its stream, all parts in one loop; results per part.
 
@@ -203,6 +204,10 @@ def train_parts(
     stream, in order, whatever else is in the run: its bytes equal a run of that SAE alone.
     One checkpoint holds every part; ``on_step(round)`` runs after each round in which some
     part trained. The caller opens and closes the streams.
+
+    ``round_sync(trained_here)`` says whether a round counts (advances the round count that
+    times and names checkpoints): one rank of a distributed run trains only some parts, and
+    counts the rounds in which some part trained on any rank (:mod:`randsae.sae.distributed`).
     """
     _check_parts(parts)
     dev = torch.device(device) if device is not None else _default_device()
@@ -218,7 +223,7 @@ def train_parts(
             )
     signature = _signature(parts)
     run, firsts, resumed = _start(checkpoint_dir, signature, parts, dev)
-    _run_loop(run, firsts, progress, on_step)
+    _run_loop(run, firsts, progress, on_step, round_sync)
     for done in run.parts:
         if done.prog.step == 0:
             raise ValueError(f"{done.stream.path}: no usable batch (all batches had zero variance)")
@@ -367,7 +372,11 @@ def _check_signature(saved: dict[str, Any], current: dict[str, Any], path: Path)
 
 
 def _run_loop(
-    run: _Run, firsts: list[torch.Tensor | None], progress: bool, on_step: Callable[[int], None] | None
+    run: _Run,
+    firsts: list[torch.Tensor | None],
+    progress: bool,
+    on_step: Callable[[int], None] | None,
+    round_sync: Callable[[bool], bool] | None = None,
 ) -> None:
     """Train on every batch the streams still yield (each part's ``first`` before them)."""
     bar = tqdm(
@@ -397,6 +406,8 @@ def _run_loop(
                 if _train_batch(part.members, part.prog, batch.to(run.device, non_blocking=True)):
                     stepped = True
                     _after_step(part, bar)
+            if round_sync is not None:
+                stepped = round_sync(stepped)
             if stepped:
                 run.step += 1
                 if run.step % run.checkpoint_every_steps == 0:
@@ -407,8 +418,7 @@ def _run_loop(
 
 def _train_batch(members: list[_Member], prog: _Progress, x: torch.Tensor) -> bool:
     """One optimizer step of every member on x; False (and counted) if x has zero variance."""
-    xf = x.to(torch.float32)
-    var = total_variance(xf)
+    xf, var = batch_variance(x)
     if not bool(var > 0):
         prog.zero_variance_batches += 1
         return False
@@ -421,6 +431,13 @@ def _train_batch(members: list[_Member], prog: _Progress, x: torch.Tensor) -> bo
     prog.step += 1
     prog.tokens += x.shape[0]
     return True
+
+
+def batch_variance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` in float32 and its total variance; a batch whose variance is not > 0 is skipped and
+    counted. The distributed data server applies the same test to decide the round count."""
+    xf = x.to(torch.float32)
+    return xf, total_variance(xf)
 
 
 def _after_step(part: _Part, bar: tqdm) -> None:

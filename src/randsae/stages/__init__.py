@@ -126,6 +126,12 @@ def build_group(specs: list[dict[str, Any]], store: Store, settings: dict[str, A
         return
     for spec in specs:
         _check_version(spec, stage)
+    from randsae.sae.distributed import join, leave
+
+    world = join(dict(settings or {}))  # None unless one of several processes (execution.sae.devices)
+    if world is not None and world.rank > 0:
+        _follow(stage, specs, store, settings)
+        return
     with contextlib.ExitStack() as stack:
         todo: list[StageContext] = []
         for spec in specs:
@@ -139,5 +145,22 @@ def build_group(specs: list[dict[str, Any]], store: Store, settings: dict[str, A
         if todo:
             log.info("building %d %s artifacts in one job: %s", len(todo), stage.name,
                      ", ".join(c.name for c in todo))
+        if todo or world is not None:  # the other ranks wait for rank 0's word even when none is left
             stage.run_group(todo)
         # leaving the stack publishes each artifact (in reverse order, each atomically)
+    if world is not None:
+        leave()  # the other ranks link the outputs once they are published
+
+
+def _follow(stage: StageDef, specs: list[dict[str, Any]], store: Store, settings: dict[str, Any] | None) -> None:
+    """A rank other than 0 of a job on several devices (randsae.sae.distributed): rank 0 locks,
+    checks the inputs and publishes; this rank writes its share into the partial directories."""
+    from randsae.sae.distributed import leave
+
+    assert stage.run_group is not None
+    stage.run_group([
+        StageContext(spec=spec, workdir=store.partial_path(stage.name, spec["key"]),
+                     inputs={role: store.path(*ref.split("/")) for role, ref in spec["inputs"].items()},
+                     store=store, settings=dict(settings or {}))
+        for spec in specs])
+    leave()

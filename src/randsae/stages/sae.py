@@ -24,7 +24,7 @@ import json
 import logging
 import shutil
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from randsae.config import as_list
@@ -44,6 +44,7 @@ from randsae.stages.activations import activation_params
 if TYPE_CHECKING:
     from randsae.plan import Plan
     from randsae.sae.config import SaeConfig
+    from randsae.sae.distributed import World
     from randsae.sae.trainer import TrainPart
 
 log = logging.getLogger("randsae")
@@ -117,6 +118,16 @@ def run_group(ctxs: list[StageContext]) -> None:
     """Every SAE among ``ctxs`` (one model variant, one train split): one pass per pass key,
     each training every layer's SAEs together, each layer read from its cached activations
     when those are in the store, else streamed from one forward pass shared by those layers."""
+    from randsae.sae import distributed
+
+    world = distributed.current()
+    if world is not None:
+        # several devices (docs/sae.md, "Several devices"): rank 0 says which SAEs are still to
+        # build (another process may have built some), and every rank trains its share of those
+        todo = set(distributed.broadcast([c.spec["key"] for c in ctxs] if world.rank == 0 else None))
+        ctxs = [c for c in ctxs if c.spec["key"] in todo]
+    if not ctxs:
+        return
     settings = ctxs[0].settings
     every = int(settings.get("checkpoint_every_steps", 1000))
     passes: dict[tuple, list[tuple[StageContext, SaeConfig]]] = defaultdict(list)
@@ -124,7 +135,10 @@ def run_group(ctxs: list[StageContext]) -> None:
         cfg = sae_config(c.params, every)
         passes[_pass_key(c, cfg)].append((c, cfg))
     for members in passes.values():
-        _train_pass(members, settings)
+        if world is None:
+            _train_pass(members, settings)
+        else:
+            _train_pass_distributed(members, settings, world)
 
 
 def _check_memory(members: list[tuple[StageContext, SaeConfig]], first: StageContext, streamed: list[int],
@@ -132,7 +146,13 @@ def _check_memory(members: list[tuple[StageContext, SaeConfig]], first: StageCon
     """Refuse before anything is loaded when the pass would not fit in the device's memory
     (CUDA only; the CPU pages). The message names the settings that shrink the largest parts."""
     from randsae import forward
-    from randsae.estimates import check_fits, device_memory_bytes, memory_for_specs
+    from randsae.estimates import (
+        check_fits,
+        device_memory_bytes,
+        memory_for_specs,
+        settings_to_change,
+    )
+    from randsae.sae_devices import fewest_devices
 
     limit = device_memory_bytes(device)
     if limit is None:
@@ -140,7 +160,14 @@ def _check_memory(members: list[tuple[StageContext, SaeConfig]], first: StageCon
     ctx_len = int(forward.open_tokens(first.inputs["tokens"]).shape[1])
     est = memory_for_specs([c.spec for c, _ in members], first.inputs["model"], streamed_layers=streamed,
                            forward_batch_seqs=int(settings.get("forward_batch_size", 8)), ctx_len=ctx_len)
-    check_fits(est, limit)
+    if est.total <= limit:
+        return
+    advice = settings_to_change(est)
+    costs = [memory_for_specs([c.spec], first.inputs["model"]).total for c, _ in members]
+    n = fewest_devices(costs, est.total - est.sae_state - est.sae_workspace, limit)
+    if n is not None and n > 1:
+        advice = f"execution.sae.devices: {n} (the group's SAEs spread over {n} devices, docs/sae.md); or {advice}"
+    check_fits(est, limit, advice)
 
 
 def _train_pass(members: list[tuple[StageContext, SaeConfig]], settings: dict[str, Any]) -> None:
@@ -148,6 +175,7 @@ def _train_pass(members: list[tuple[StageContext, SaeConfig]], settings: dict[st
 
     from randsae.devices import resolve_device
     from randsae.sae.data import ActivationStream
+    from randsae.sae.distributed import discard_others
     from randsae.sae.trainer import CheckpointMismatchError, TrainPart, train_parts
 
     device = resolve_device(settings.get("device", "auto"))
@@ -165,6 +193,7 @@ def _train_pass(members: list[tuple[StageContext, SaeConfig]], settings: dict[st
              ", ".join(f"L{la} {'streamed' if cached[la] is None else 'cached'}" for la in sorted(by_layer)))
     _check_memory(members, first, streamed, settings, device)
     ckdir = first.workdir / CHECKPOINTS
+    discard_others(ckdir, None, name)  # a distributed run's checkpoints cannot resume this one
     with contextlib.ExitStack() as stack:
         windows = None
         if streamed:
@@ -192,6 +221,155 @@ def _train_pass(members: list[tuple[StageContext, SaeConfig]], settings: dict[st
                            if k != "out_dir" and isinstance(v, int | float | str | bool)})
             if windows is not None:
                 c.info["forward_seconds"] = round(windows.forward_seconds, 2)
+
+
+def _split_pass(members: list[tuple[StageContext, SaeConfig]], streamed: list[int], settings: dict[str, Any],
+                world: World, name: str) -> dict[str, int]:
+    """Rank 0: which rank trains each SAE (by key), checked against every device's memory before
+    anything loads. Rank 0 also holds the model and the windows of the streamed layers."""
+    import torch
+
+    from randsae import forward
+    from randsae.estimates import (
+        check_fits,
+        device_memory_bytes,
+        memory_for_specs,
+        settings_to_change,
+    )
+    from randsae.sae_devices import assign, fewest_devices
+
+    first = members[0][0]
+    model = first.inputs["model"]
+    ctx_len = int(forward.open_tokens(first.inputs["tokens"]).shape[1])
+    fwd = int(settings.get("forward_batch_size", 8))
+    specs = [c.spec for c, _ in members]
+    whole = memory_for_specs(specs, model, streamed_layers=streamed, forward_batch_seqs=fwd, ctx_len=ctx_len)
+    base0 = whole.total - whole.sae_state - whole.sae_workspace
+    costs = [memory_for_specs([s], model).total for s in specs]
+    ranks = assign(costs, world.size, [base0] + [0] * (world.size - 1))
+    if world.device.type == "cuda":
+        for r in range(world.size):
+            limit = device_memory_bytes(torch.device("cuda", r))
+            est = memory_for_specs([s for s, o in zip(specs, ranks) if o == r], model,
+                                   streamed_layers=streamed if r == 0 else (), forward_batch_seqs=fwd, ctx_len=ctx_len)
+            est = est._replace(group=f"{est.group} on device {r} of {world.size}")
+            if limit is None or est.total <= limit:
+                continue
+            advice = settings_to_change(est)
+            n = fewest_devices(costs, base0, limit)
+            if n is not None and n > world.size:
+                advice = f"execution.sae.devices: {n} (the group spread over {n} devices); or {advice}"
+            elif n is None:
+                advice = f"{advice} (more devices cannot help: one SAE{' and the model' if streamed else ''} alone do not fit)"
+            check_fits(est, limit, advice)
+    owners = {s["key"]: r for s, r in zip(specs, ranks)}
+    log.info("%s: %d SAEs on %d devices: %s", name, len(specs), world.size,
+             ", ".join(f"rank {r}: {ranks.count(r)}" for r in range(world.size)))
+    return owners
+
+
+def _train_pass_distributed(members: list[tuple[StageContext, SaeConfig]], settings: dict[str, Any],
+                            world: World) -> None:
+    """One pass on several devices (:mod:`randsae.sae.distributed`): rank 0 reads or streams
+    every layer and serves the batches; each rank trains the SAEs it owns, writes them into their
+    partial directories, and sends its statistics to rank 0, which publishes."""
+    import contextlib
+
+    from randsae import zarr_io
+    from randsae.errors import RandsaeError
+    from randsae.sae import distributed as dd
+    from randsae.sae.data import ActivationStream, WindowedStream
+    from randsae.sae.trainer import TrainPart, _signature, train_parts
+
+    first, cfg0 = members[0]
+    rank, device = world.rank, world.device
+    by_layer: dict[int, list[tuple[StageContext, SaeConfig]]] = defaultdict(list)
+    for c, cfg in members:
+        by_layer[c.params["layer"]].append((c, cfg))
+    layers = sorted(by_layer)
+    order: dict[str, Any] = {"batch_size": cfg0.batch_size, "shuffle_buffer_tokens": cfg0.shuffle_buffer_tokens,
+             "shuffle_block_sequences": cfg0.shuffle_block_sequences, "data_seed": cfg0.data_seed,
+             "max_tokens": cfg0.max_tokens}
+    name = first.name.rsplit("/", 3)[0]
+    setup: dict[str, Any] | None = None
+    failure: Exception | None = None
+    cached: dict[int, Any] = {}
+    if rank == 0:
+        cached = {layer: _cached_acts(ms[0][0]) for layer, ms in by_layer.items()}
+        streamed = sorted(layer for layer, path in cached.items() if path is None)
+        log.info("%s: %d SAEs on layers %s (%s)", name, len(members), layers,
+                 ", ".join(f"L{la} {'streamed' if cached[la] is None else 'cached'}" for la in layers))
+        try:
+            setup = {"owners": _split_pass(members, streamed, settings, world, name),
+                     "streamed": [la in streamed for la in layers]}
+        except RandsaeError as e:  # too big even spread, or too few SAEs: every rank stops with it
+            failure, setup = e, {"error": str(e)}
+    setup = dd.broadcast(setup)
+    assert setup is not None
+    if failure is not None:
+        raise failure
+    if "error" in setup:
+        raise dd.DistributedError(f"rank 0: {setup['error']}")
+    owners: dict[str, int] = setup["owners"]
+    ckdir = first.workdir / CHECKPOINTS
+    rdir = dd.run_dir(ckdir, world.size, owners)
+    mine = rdir / f"rank-{rank}"
+    if rank == 0:
+        dd.discard_others(ckdir, rdir, name)
+    with contextlib.ExitStack() as stack:
+        windows = server = None
+        facts: list[dict[str, Any]] | None = None
+        if rank == 0:
+            streamed = [la for la, s in zip(layers, setup["streamed"]) if s]
+            if streamed:
+                windows = _forward_windows(first, streamed, settings, device, name)
+            streams: list[WindowedStream] = [
+                stack.enter_context(ActivationStream(cached[la], **order)) if cached[la] is not None
+                else windows.stream(la, **order)  # type: ignore[union-attr]
+                for la in layers]
+            facts = [dd.stream_facts(s) for s in streams]
+            server = dd.Server(streams, [[owners[c.spec["key"]] for c, _ in by_layer[la]] for la in layers],
+                               device, cfg0.checkpoint_every_steps, rdir / "server")
+        facts = dd.broadcast(facts)
+        assert facts is not None
+        rounds = dd.Rounds()
+        source = server.source if server is not None else dd.Receiver(
+            world, {i: f["d_model"] for i, f in enumerate(facts)},
+            {i: zarr_io.torch_dtype(f["logical_dtype"]) for i, f in enumerate(facts)}).source
+        parts: list[TrainPart] = []
+        ids: list[int] = []
+        owned: list[list[tuple[StageContext, SaeConfig]]] = []
+        for i, la in enumerate(layers):
+            ms = [(c, cfg) for c, cfg in by_layer[la] if owners[c.spec["key"]] == rank]
+            if ms:
+                stream = dd.RemoteStream(facts[i], order, source(i), rounds)
+                parts.append(TrainPart(stream, [c.workdir for c, _ in ms], [cfg for _, cfg in ms]))
+                ids.append(i)
+                owned.append(ms)
+        state = dd.agree_on_checkpoint(world, mine, _signature(parts), ids,
+                                       rdir / "server" if rank == 0 else None, name)
+        if server is not None and state is not None:
+            server.load(state)
+        results = train_parts(parts, mine, device=device, progress=rank == 0, round_sync=rounds.sync)
+        if server is not None:
+            server.drain()
+    infos: dict[str, dict[str, Any]] = {}
+    for i, ms, part_results in zip(ids, owned, results):
+        for (c, _), result in zip(ms, part_results):
+            record_trained_on(c, "streamed" if setup["streamed"][i] else "cached")
+            c.info.update({k: v for k, v in result._asdict().items()
+                           if k != "out_dir" and isinstance(v, int | float | str | bool)})
+            infos[c.spec["key"]] = dict(c.info)
+    # every rank has written its SAEs once every rank has sent its statistics
+    gathered = dd.all_gather(infos)
+    if rank == 0:
+        merged = {k: v for g in gathered for k, v in g.items()}
+        for c, _ in members:
+            c.info.update(merged[c.spec["key"]])
+            c.info["devices"] = world.size
+            if windows is not None:
+                c.info["forward_seconds"] = round(windows.forward_seconds, 2)
+        shutil.rmtree(ckdir, ignore_errors=True)
 
 
 def _cached_acts(ctx: StageContext):
@@ -258,6 +436,20 @@ def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
                     tag = "{model}/{variant}/L{layer}/x{expansion}-k{k}/s{seed}".format(**labels)
                     yield Planned(tag, {**fixed, **where, "expansion": expansion, "k": k, "seed": seed},
                                   {"model": model, "tokens": tokens}, labels)
+
+
+def planned_devices(cfg: Config, plan: Plan, arts: Sequence[Artifact]) -> int:
+    """How many devices the rule for the sae group ``arts`` launches: ``execution.sae.devices``,
+    at most one per SAE; ``auto`` = the fewest 80 GiB devices the plan's memory prediction needs
+    (:func:`randsae.estimates.device_split`; 1 when the model's width is unknown or no count
+    fits: the job's own check then names the settings to change)."""
+    from randsae.estimates import sae_group_memory
+
+    setting = cfg["execution"].get("sae", {}).get("devices", 1)
+    if setting != "auto":
+        return max(1, min(int(setting), len(arts)))
+    est = sae_group_memory(cfg, plan, arts)
+    return 1 if est is None else est.devices
 
 
 #: One job per (model variant, train tokens): every SAE that reads that forward pass.
