@@ -57,6 +57,7 @@ for _stage in stage_defs().values():
             threads: DEFAULT_THREADS
             resources: **_resources(_stage)
             localrule: _stage.local(CFG)
+            priority: _stage.priority
             shell: BUILD + " --spec {params.spec} --settings {params.settings} --link {output} > {log} 2>&1"
 
         continue
@@ -90,4 +91,5 @@ for _stage in stage_defs().values():
             threads: family_threads(_stage.name, DEFAULT_THREADS)
             resources: **gpu_resources(family_resources(_stage.name, _resources(_stage)), _n)
             localrule: _stage.local(CFG)
+            priority: _stage.priority
             shell: launch_command(BUILD, _n) + " --specs {params.specs} --settings {params.settings} --link {output} > {log} 2>&1"

@@ -185,18 +185,18 @@ def test_plan_json(tmp_path):
 
 
 # Keys of the default config's model and tokens artifacts before local inputs were pinned to
-# their contents (randsae issue 15): packaged and hub sources must keep them exactly. The train
-# split's key is that of its 32,768 tokens (issue 17 halved the default), computed by the code
-# before the change too.
+# their contents (randsae issue 15): packaged and hub sources must keep them exactly. The tokens
+# keys are those of issue 17's default splits (eval 1,024 and train 32,768 tokens; the splits
+# are carved in order, so interp moved too), as the code before that issue computes them.
 DEFAULT_KEYS = {
     "model/smollm2-135m/trained": "5964ebf7f1946179fdcb",
     "model/smollm2-135m/step0": "67ef6c4a1401011a9e56",
     "model/smollm2-135m/rerandomized": "e7442b5644e7c4331455",
     "model/smollm2-135m/rerandomized_no_embed": "136732a839d8f92c43bc",
     "model/smollm2-135m/control": "004fd776d6663625c841",
-    "tokens/smollm2-135m/kjv/eval": "088d2deb170f74f96947",
-    "tokens/smollm2-135m/kjv/interp": "275485988f8b2aad39a0",
-    "tokens/smollm2-135m/kjv/train": "dde3bc666fd74aa6d84d",
+    "tokens/smollm2-135m/kjv/eval": "02cc8a1af79dddf41df6",
+    "tokens/smollm2-135m/kjv/interp": "c59b188378a618069772",
+    "tokens/smollm2-135m/kjv/train": "2c3dcffdd189b0665dc1",
 }
 
 

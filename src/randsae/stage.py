@@ -172,6 +172,9 @@ class StageDef:
     compute, but one process start, import and input load for many small artifacts).
     ``local``: whether jobs must run on the submit host for this config (API calls from a
     cluster whose compute nodes have no internet).
+    ``priority``: among jobs ready at once, Snakemake starts those of higher priority first; the
+    stages on the longest chain (activations, then sae training) go first, so the many short
+    jobs after them fill the cores while it runs instead of delaying it.
     ``extra_inputs``: artifacts a job of this stage reads when the plan has them, beyond its
     keyed inputs (the sae jobs read cached activations when the config caches them): the rules
     list them as inputs, so Snakemake orders the jobs, and no key covers them, so an artifact's
@@ -190,6 +193,7 @@ class StageDef:
     group: Callable[[Artifact], str] | None = None
     local: Callable[[Config], bool] = lambda cfg: False
     extra_inputs: Callable[[Artifact, Plan], list[Artifact]] | None = None
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.run_group is None):

@@ -29,7 +29,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FormatStrFormatter
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 from sklearn.metrics import roc_curve
 
 from randsae.enums import SCORERS
@@ -57,6 +57,14 @@ HEATMAP_SAE_METRICS: tuple[str, ...] = (
 )
 
 Setting = tuple[int, int]
+
+
+def _two_five(value: float, _pos: object) -> str:
+    """Minor-tick labels of a log axis at 2 and 5 times a power of ten only (all eight collide)."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value))
+    return f"{value:.2g}" if round(mantissa, 6) in (2.0, 5.0) else ""
 
 
 def no_data(ax: Axes, text: str = "no data") -> None:
@@ -306,8 +314,8 @@ def training_figure(con: duckdb.DuckDBPyConnection, out: str | os.PathLike[str])
                 ax.plot(steps[-1:], y[-1:], marker="x", ms=7, mew=1.8, color=variant_color(variant), ls="none")
         if fvu_all and min(fvu_all) > 0:
             ax.set_yscale("log")  # the tail is what matters: early FVU would squash it on a linear axis
-            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-                axis(FormatStrFormatter("%.2g"))  # 0.3, not 3 x 10^-1
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))  # 0.3, not 3 x 10^-1
+            ax.yaxis.set_minor_formatter(FuncFormatter(_two_five))
         n_conv = sum(c is True for *_, c in saes)
         ax.set_title(f"{model} layer {layer}: {n_conv}/{len(saes)} converged", fontsize=9)
         ax.set_xlabel("step")

@@ -130,4 +130,5 @@ STAGE = StageDef(
     outputs=(OutputFile("acts.zarr", "[n_rows, d_model] activations in the stored dtype (bf16 as raw uint16)"),),
     run_group=run_group,
     group=group,
+    priority=2,  # on the longest chain: start before the short jobs (StageDef.priority)
 )

@@ -477,4 +477,5 @@ STAGE = StageDef(
     run_group=run_group,
     group=group,
     extra_inputs=extra_inputs,
+    priority=1,  # on the longest chain: start before the short jobs (StageDef.priority)
 )
