@@ -474,7 +474,7 @@ def _forward_batch_seqs(cfg: Config) -> int:
 
 def device_split(est: MemoryEstimate, sae_costs: Sequence[int], setting: int | str) -> MemoryEstimate:
     """``est`` spread over the devices ``execution.sae.devices`` asks for (``auto``: the fewest
-    80 GiB devices on which every share fits, one if none does), at most one per SAE: each SAE
+    80 GiB devices on which every share fits, one if none does; a set count: at most one per SAE): each SAE
     goes to one device (:func:`randsae.sae_devices.assign`), rank 0 also holds the model, the
     forward batch and the windows."""
     from randsae.sae_devices import AUTO_DEVICE_BYTES, assign, fewest_devices, rank_loads
@@ -917,11 +917,10 @@ def format_estimates(est: Estimates) -> str:
         lines.append(f"largest SAE job's device memory: {g.group}: {human_gib(g.total)} ({parts}){spread}; {fits}")
         if g.device_peak > A100.memory_bytes:
             if g.n_saes > 1:
-                fixed = g.model_weights + g.forward_batch + g.window_buffer
-                one = (g.sae_state + g.sae_workspace) // g.n_saes
+                one = max(1, (g.sae_state + g.sae_workspace) // g.n_saes)
                 lines.append(f"  on several devices (execution.sae.devices) the first holds the model, forward batch "
-                             f"and windows ({human_gib(fixed)}) and at least one SAE ({human_gib(one)}), the others "
-                             "one SAE or more")
+                             f"and windows ({human_gib(g.model_weights + g.forward_batch + g.window_buffer)}), the "
+                             f"others one SAE ({human_gib(one)}) or more each")
             lines.append(f"  to fit: {settings_to_change(g)}")
     lines.append("accelerators:")
     for acc in ACCELERATORS:

@@ -27,13 +27,15 @@ class DistributedError(RandsaeError, ValueError):
 def assign(costs: Sequence[int], world_size: int, base: Sequence[int] | None = None) -> list[int]:
     """The rank of each SAE: largest first to the least-loaded rank (load = ``base`` of the rank,
     e.g. rank 0's model and windows, plus its SAEs' ``costs``); ties to the rank with fewer SAEs,
-    then the lower rank. Every rank gets at least one SAE. Deterministic: a function of the
-    arguments only."""
+    then the lower rank. Every rank but 0 gets at least one SAE; rank 0 always has work (it
+    reads or streams the activations and serves them), so it may train none, which is what lets
+    a group whose model and windows leave no room for an SAE beside them still be spread.
+    Deterministic: a function of the arguments only."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if len(costs) < world_size:
-        raise DistributedError(f"{world_size} devices for {len(costs)} SAEs: every device needs at least "
-                               f"one SAE; set execution.sae.devices to at most {len(costs)}")
+    if len(costs) < max(1, world_size - 1):
+        raise DistributedError(f"{world_size} devices for {len(costs)} SAEs: every device but the first needs at "
+                               f"least one SAE; set execution.sae.devices to at most {len(costs) + 1}")
     load = list(base) if base is not None else [0] * world_size
     if len(load) != world_size:
         raise ValueError(f"base has {len(load)} entries for {world_size} ranks")
@@ -42,8 +44,8 @@ def assign(costs: Sequence[int], world_size: int, base: Sequence[int] | None = N
     order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
     for left, i in enumerate(order):
         remaining = len(costs) - left
-        empty = [r for r in range(world_size) if count[r] == 0]
-        # the last SAEs go to the ranks still without one, so that every rank trains something
+        empty = [r for r in range(1, world_size) if count[r] == 0]
+        # the last SAEs go to the ranks (but 0) still without one, so that each trains something
         ranks = empty if len(empty) >= remaining else range(world_size)
         r = min(ranks, key=lambda r: (load[r], count[r], r))
         out[i] = r
@@ -62,8 +64,8 @@ def rank_loads(costs: Sequence[int], owners: Sequence[int], base: Sequence[int])
 def fewest_devices(costs: Sequence[int], base0: int, device_bytes: int) -> int | None:
     """The fewest devices on which :func:`assign` puts every rank's share under ``device_bytes``
     (rank 0 also holds ``base0``: the model and windows when streaming), or None if no count
-    up to one device per SAE does."""
-    for n in range(1, len(costs) + 1):
+    up to one device per SAE plus rank 0 does."""
+    for n in range(1, len(costs) + 2):
         base = [base0] + [0] * (n - 1)
         if max(rank_loads(costs, assign(costs, n, base), base)) <= device_bytes:
             return n

@@ -39,23 +39,29 @@ def test_assign_balances_the_predicted_memory_and_gives_every_rank_an_sae():
     assert sorted(set(assign([1] * 7, 4))) == [0, 1, 2, 3]
 
 
-def test_rank_0s_model_counts_and_still_every_rank_trains_something():
-    # rank 0 holds a model bigger than everything else: it gets the smallest share, but one SAE
+def test_rank_0s_model_counts_and_rank_0_may_only_serve():
+    # rank 0 holds a model bigger than everything else: the SAEs go to the other ranks, each of
+    # which trains at least one; rank 0 only reads or streams and serves the activations
     owners = assign([3, 3, 2], 3, base=[100, 0, 0])
-    assert sorted(set(owners)) == [0, 1, 2] and owners[2] == 0
+    assert owners == [1, 2, 1]
     assert assign([4, 4, 4, 4], 2, base=[8, 0]) == [1, 1, 0, 1]  # 12 and 12
+    # with room beside its model, rank 0 trains too
+    assert 0 in assign([1] * 6, 3, base=[1, 0, 0])
 
 
-def test_more_ranks_than_saes_is_an_error_naming_the_setting():
-    with pytest.raises(DistributedError, match=r"3 devices for 2 SAEs.*execution.sae.devices to at most 2"):
-        assign([1, 1], 3)
+def test_more_ranks_than_saes_plus_one_is_an_error_naming_the_setting():
+    assert sorted(assign([1, 1], 3)) == [1, 2]  # one SAE per rank but 0
+    with pytest.raises(DistributedError, match=r"4 devices for 2 SAEs.*execution.sae.devices to at most 3"):
+        assign([1, 1], 4)
 
 
 def test_fewest_devices_is_the_smallest_count_that_fits_or_none():
     assert fewest_devices([10, 10, 10], 0, 30) == 1
     assert fewest_devices([10, 10, 10], 0, 20) == 2
     assert fewest_devices([10, 10, 10], 5, 15) == 3  # rank 0 also holds 5 of model
-    assert fewest_devices([10, 10, 10], 15, 20) is None  # rank 0 needs an SAE too: 25
+    # rank 0's 15 of model leave no room for an SAE of 10 under 20: it serves, ranks 1 and 2 train
+    assert fewest_devices([10, 10, 10], 15, 20) == 3
+    assert fewest_devices([10, 10, 10], 25, 20) is None  # the model alone is too big
     assert fewest_devices([10, 25], 0, 20) is None  # one SAE alone is too big
 
 

@@ -30,7 +30,8 @@ from randsae.store import Store
 
 pytestmark = pytest.mark.slow
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+def torchrun(n: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)]
 
 
 def group_config(model_dir: Path, store: Path) -> dict:
@@ -73,7 +74,7 @@ def build_cmd(cfg: dict, specs: list[dict], store: Store, devices: int) -> list[
     settings = {**execution_settings(cfg, "sae"), "devices": devices}
     cmd = ["-m", "randsae", "build", "--store", str(store.root), "--threads", "1",
            "--specs", json.dumps(specs), "--settings", json.dumps(settings)]
-    return (TORCHRUN + cmd) if devices > 1 else [sys.executable, *cmd]
+    return (torchrun(devices) + cmd) if devices > 1 else [sys.executable, *cmd]
 
 
 def run(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
@@ -114,6 +115,22 @@ def test_two_gloo_processes_train_the_bytes_of_one(inputs, reference, tmp_path):
         ref = ref_store.meta("sae", m["key"])["info"]
         assert m["info"]["steps"] == ref["steps"] > 0 and m["info"]["fvu"] == ref["fvu"]
     assert store.verify() == [] and not list((store.root / ".partial").rglob("step-*.pt"))
+
+
+def test_rank_0_serving_only_still_gives_the_bytes_of_one(inputs, reference, tmp_path):
+    """Three processes for the two SAEs of the streamed layer: ranks 1 and 2 train one each and
+    rank 0 only runs the forward pass and serves (the split of a group whose model leaves no
+    room beside it for an SAE)."""
+    cfg, specs, _ = inputs
+    two = [s for s in specs if s["params"]["layer"] == 1]
+    assert len(two) == 2
+    store = fresh_store(inputs, tmp_path)
+    res = run(build_cmd(cfg, two, store, 3), tmp_path / "build.log")
+    assert res.returncode == 0, (tmp_path / "build.log").read_text()[-5000:]
+    assert "rank 0: 0, rank 1: 1, rank 2: 1" in (tmp_path / "build.log").read_text()
+    got = sae_contents(store)
+    assert set(got) == {s["key"] for s in two} and all(got[k] == reference[0][k] for k in got)
+    assert {store.meta("sae", s["key"])["info"]["devices"] for s in two} == {3}
 
 
 def _rank_checkpoints(store: Store) -> list[Path]:

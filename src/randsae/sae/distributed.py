@@ -395,7 +395,8 @@ def agree_on_checkpoint(world: World, rank_dir: Path, signature: dict[str, Any],
                         server_dir: Path | None, name: str) -> dict[str, Any] | None:
     """Leave in ``rank_dir`` only checkpoints up to the newest step every rank and the server
     hold consistently; returns the server's state at that step on rank 0 (None: start afresh)."""
-    mine: dict[str, Any] = {"ranks": _summaries(rank_dir, signature, parts)}
+    # a rank training no SAE (rank 0 serving only) has no checkpoints of its own to agree on
+    mine: dict[str, Any] = {"ranks": _summaries(rank_dir, signature, parts), "trains": bool(parts)}
     server_states: dict[int, Path] = {}
     if server_dir is not None:
         server_states = dict(ckpt.list_checkpoints(server_dir))
@@ -408,7 +409,8 @@ def agree_on_checkpoint(world: World, rank_dir: Path, signature: dict[str, Any],
     chosen = None
     for step in sorted(server, reverse=True):
         sent, ended = server[step]["sent"], server[step]["ended"]
-        if all(step in r["ranks"] and all(cur == [sent[p], ended[p]] for p, cur in r["ranks"][step].items())
+        if all(not r["trains"] or (step in r["ranks"] and all(cur == [sent[p], ended[p]]
+                                                              for p, cur in r["ranks"][step].items()))
                for r in every):
             chosen = step
             break

@@ -250,8 +250,12 @@ def _split_pass(members: list[tuple[StageContext, SaeConfig]], streamed: list[in
     if world.device.type == "cuda":
         for r in range(world.size):
             limit = device_memory_bytes(torch.device("cuda", r))
-            est = memory_for_specs([s for s, o in zip(specs, ranks) if o == r], model,
-                                   streamed_layers=streamed if r == 0 else (), forward_batch_seqs=fwd, ctx_len=ctx_len)
+            share = [s for s, o in zip(specs, ranks) if o == r]
+            if share:
+                est = memory_for_specs(share, model, streamed_layers=streamed if r == 0 else (),
+                                       forward_batch_seqs=fwd, ctx_len=ctx_len)
+            else:  # rank 0 serving only: the model, forward batch and windows
+                est = whole._replace(n_saes=0, sae_state=0, sae_workspace=0)
             est = est._replace(group=f"{est.group} on device {r} of {world.size}")
             if limit is None or est.total <= limit:
                 continue
@@ -350,7 +354,9 @@ def _train_pass_distributed(members: list[tuple[StageContext, SaeConfig]], setti
                                        rdir / "server" if rank == 0 else None, name)
         if server is not None and state is not None:
             server.load(state)
-        results = train_parts(parts, mine, device=device, progress=rank == 0, round_sync=rounds.sync)
+        # rank 0 may own no SAE (its model and windows leave no room): it only serves
+        results = (train_parts(parts, mine, device=device, progress=rank == 0, round_sync=rounds.sync)
+                   if parts else [])
         if server is not None:
             server.drain()
     infos: dict[str, dict[str, Any]] = {}
@@ -440,7 +446,8 @@ def expand(cfg: Config, so_far: PlanSoFar) -> Iterator[Planned]:
 
 def planned_devices(cfg: Config, plan: Plan, arts: Sequence[Artifact]) -> int:
     """How many devices the rule for the sae group ``arts`` launches: ``execution.sae.devices``,
-    at most one per SAE; ``auto`` = the fewest 80 GiB devices the plan's memory prediction needs
+    at most one per SAE; ``auto`` = the fewest 80 GiB devices (up to one per SAE plus a rank 0
+    that only serves) the plan's memory prediction needs
     (:func:`randsae.estimates.device_split`; 1 when the model's width is unknown or no count
     fits: the job's own check then names the settings to change)."""
     from randsae.estimates import sae_group_memory
