@@ -194,3 +194,28 @@ def test_build_cli_links_its_outputs(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "already built by another process" in res.stderr  # found, not rebuilt
     assert link.resolve() == store.path("tokens", spec()["key"]).resolve()
+
+
+def test_a_killed_zarr_writes_temporary_is_not_published(tmp_path):
+    """A kill during a chunk write leaves zarr's ``<chunk>.<uuid>.partial``; the resumed job
+    rewrites the chunk, and publication drops the dead temporary (it is no file of the artifact),
+    while a file that merely ends in .partial stays."""
+    import uuid
+
+    import numpy as np
+    import zarr
+
+    store = Store(tmp_path)
+    with store.publish(spec()) as b:
+        arr = zarr.create_array(str(b.workdir / "a.zarr"), shape=(4,), chunks=(2,), dtype="int32")
+        arr[:] = np.arange(4)
+        dead = b.workdir / "a.zarr" / "c" / f"1.{uuid.uuid4().hex}.partial"
+        dead.write_bytes(b"")
+        (b.workdir / "notes.partial").write_text("mine")
+    meta = store.meta("tokens", spec()["key"])
+    assert not any(".partial" in f and "notes" not in f for f in meta["files"])
+    assert "notes.partial" in meta["files"] and not dead.exists()
+    final = store.path("tokens", spec()["key"])
+    assert not list((final / "a.zarr").rglob("*.partial"))
+    assert np.array_equal(zarr.open_array(str(final / "a.zarr"), mode="r")[:], np.arange(4))
+    assert store.verify() == []

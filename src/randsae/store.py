@@ -106,6 +106,21 @@ def sha256_ends(path: Path, size: int, nbytes: int) -> str:
     return h.hexdigest()
 
 
+#: The temporary file zarr's LocalStore writes a chunk to before renaming it into place
+#: (``<chunk>.<uuid4 hex>.partial``): one left behind is a write a kill interrupted.
+_ZARR_TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def remove_dead_temporaries(root: Path) -> list[str]:
+    """Delete the chunk temporaries a killed zarr write left under ``root`` (the resumed work
+    rewrote those chunks; the temporaries were never part of the artifact) and return their
+    paths, so a published artifact holds only its own files."""
+    dead = [p for p in root.rglob("*.partial") if p.is_file() and _ZARR_TEMPORARY.search(p.name)]
+    for p in dead:
+        p.unlink()
+    return [p.relative_to(root).as_posix() for p in dead]
+
+
 def file_manifest(root: Path, ends_bytes: int = InputCheck.ends_bytes) -> dict[str, dict[str, Any]]:
     """{relative path: {size, sha256[, ends]}} for every file under root except meta.json.
     Files larger than ``2 * ends_bytes`` also get ``ends: {bytes, sha256}``, the fingerprint
@@ -317,6 +332,10 @@ class Store:
             self._finish(spec, work, final, building.extra_meta)
 
     def _finish(self, spec: dict[str, Any], work: Path, final: Path, extra: dict[str, Any]) -> None:
+        dead = remove_dead_temporaries(work)
+        if dead:
+            log.info("%s: removed %d chunk temporaries of an interrupted write (%s)", spec["name"], len(dead),
+                     ", ".join(dead[:3]))
         files = file_manifest(work, self.input_check.ends_bytes)
         meta = {
             "stage": spec["stage"],

@@ -20,7 +20,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 pytestmark = pytest.mark.slow
 
-DOWNSTREAM_OF_EXAMPLES = {"explain": 2, "score": 4}  # two scorers
+DOWNSTREAM_OF_EXAMPLES = {"explain": 2, "score": 2}  # one job per variant (both scorers in it)
 DOWNSTREAM_OF_SAE = {"sae": 2, "sae_metrics": 2, "latents": 2, "examples": 2, **DOWNSTREAM_OF_EXAMPLES}
 # jobs per variant-layer below the activations: one pass, one SAE, one metrics row (x2 variants)
 DOWNSTREAM_OF_ACTS = {"activations": 2, **DOWNSTREAM_OF_SAE}
@@ -102,7 +102,7 @@ def test_variant_edit_reruns_only_that_model(built):
     wd, cfg = built
     edited = yaml.safe_load(yaml.safe_dump(cfg))
     edited["variants"] = ["trained", "rerandomized", "control"]
-    assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 1, "activations": 1, "sae": 1, "sae_metrics": 1, "latents": 1, "examples": 1, "explain": 1, "score": 2}
+    assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 1, "activations": 1, "sae": 1, "sae_metrics": 1, "latents": 1, "examples": 1, "explain": 1, "score": 1}
     edited["seed"] = 3  # seeded variants only; trained and the tokenizer-bound tokens stay
     assert planned_jobs(snakemake(wd, edited, "-n")) == {"model": 2, **DOWNSTREAM_OF_ACTS}
 
