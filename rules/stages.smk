@@ -11,7 +11,6 @@ from collections import defaultdict
 
 from randsae.plan import execution_settings
 from randsae.sae_devices import gpu_resources, launch_command
-from randsae.stages.sae import planned_devices
 from randsae.stages import stage_defs
 
 BUILD = f"{shlex.quote(PY)} -m randsae build --store {shlex.quote(STORE)} --threads {{threads}}"
@@ -73,11 +72,11 @@ for _stage in stage_defs().values():
         # every member's inputs (sae_metrics: the group's SAEs differ), not just the first's
         _in = {role: sorted({link_path(a.input_stages[role], a.inputs[role]) for a in _todo}) for role in _todo[0].inputs}
         _in.update(_extra_inputs(_stage, _todo))
-        # sae: a group may be spread over several devices (execution.sae.devices; one torchrun
-        # process per device, each asking for the GPUs the profile gives one job, times N)
-        _n = planned_devices(CFG, PLAN, _todo) if _stage.name == "sae" else 1
+        # a job that may span several devices (StageDef.devices; sae: execution.sae.devices): one
+        # torchrun process per device, each asking for the GPUs the profile gives one job, times N
+        _n = _stage.devices(CFG, PLAN, _todo) if _stage.devices is not None else 1
         _gsettings = execution_settings(CFG, _stage.name)
-        if _stage.name == "sae":
+        if _stage.devices is not None:
             _gsettings["devices"] = _n
 
         rule:

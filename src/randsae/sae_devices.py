@@ -1,7 +1,8 @@
 """How many devices an sae job uses and which device trains which SAE (``execution.sae.devices``).
 
 Pure Python, no torch: the workflow imports it while it writes the rules (the launch command and
-the GPUs a job requests; the device count is :func:`randsae.stages.sae.planned_devices`), and
+the GPUs a job requests; the device count is the sae stage's ``devices``,
+:func:`randsae.stages.sae.planned_devices`), and
 :mod:`randsae.sae.distributed` uses the same split at run time.
 """
 

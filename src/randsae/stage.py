@@ -11,7 +11,7 @@ declaration at parse time, so heavy imports (torch, transformers) belong inside 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,6 +175,10 @@ class StageDef:
     ``priority``: among jobs ready at once, Snakemake starts those of higher priority first; the
     stages on the longest chain (activations, then sae training) go first, so the many short
     jobs after them fill the cores while it runs instead of delaying it.
+    ``devices``: for a grouped stage whose job may span several devices (sae: execution.sae.
+    devices), how many the job for the group's artifacts still to build uses; the rule then
+    launches one process per device and asks for that many GPUs, and the job's settings carry
+    the count as ``devices``. None: one device.
     ``extra_inputs``: artifacts a job of this stage reads when the plan has them, beyond its
     keyed inputs (the sae jobs read cached activations when the config caches them): the rules
     list them as inputs, so Snakemake orders the jobs, and no key covers them, so an artifact's
@@ -194,6 +198,7 @@ class StageDef:
     local: Callable[[Config], bool] = lambda cfg: False
     extra_inputs: Callable[[Artifact, Plan], list[Artifact]] | None = None
     priority: int = 0
+    devices: Callable[[Config, Plan, Sequence[Artifact]], int] | None = None
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.run_group is None):

@@ -141,29 +141,65 @@ def run_group(ctxs: list[StageContext]) -> None:
             _train_pass_distributed(members, settings, world)
 
 
-def _check_memory(members: list[tuple[StageContext, SaeConfig]], first: StageContext, streamed: list[int],
-                  settings: dict[str, Any], device: Any) -> None:
+Members = list[tuple["StageContext", "SaeConfig"]]
+
+
+def _by_layer(members: Members) -> dict[int, Members]:
+    out: dict[int, Members] = defaultdict(list)
+    for c, cfg in members:
+        out[c.params["layer"]].append((c, cfg))
+    return out
+
+
+def _data_order(cfg0: SaeConfig) -> dict[str, Any]:
+    """The stream arguments that define a pass's data order (the same for every layer)."""
+    return {"batch_size": cfg0.batch_size, "shuffle_buffer_tokens": cfg0.shuffle_buffer_tokens,
+            "shuffle_block_sequences": cfg0.shuffle_block_sequences, "data_seed": cfg0.data_seed,
+            "max_tokens": cfg0.max_tokens}
+
+
+def _sources(by_layer: dict[int, Members], name: str, n: int) -> tuple[dict[int, Any], list[int]]:
+    """Each layer's cached acts.zarr (None: streamed) and the streamed layers; logs the choice."""
+    cached = {layer: _cached_acts(ms[0][0]) for layer, ms in by_layer.items()}
+    streamed = sorted(layer for layer, path in cached.items() if path is None)
+    log.info("%s: %d SAEs on layers %s (%s)", name, n, sorted(by_layer),
+             ", ".join(f"L{la} {'streamed' if cached[la] is None else 'cached'}" for la in sorted(by_layer)))
+    return cached, streamed
+
+
+def _memory(members: Members, streamed: list[int], settings: dict[str, Any]):
+    """The pass's predicted memory as a whole, and each SAE's own share (state and workspace)."""
+    from randsae import forward
+    from randsae.estimates import memory_for_specs
+
+    first = members[0][0]
+    ctx_len = int(forward.open_tokens(first.inputs["tokens"]).shape[1])
+    whole = memory_for_specs([c.spec for c, _ in members], first.inputs["model"], streamed_layers=streamed,
+                             forward_batch_seqs=int(settings.get("forward_batch_size", 8)), ctx_len=ctx_len)
+    costs = [memory_for_specs([c.spec], first.inputs["model"]).total for c, _ in members]
+    return whole, costs
+
+
+def _record(c: StageContext, result: Any, streamed: bool) -> None:
+    """What one trained SAE records: where it read the model, and its final statistics."""
+    record_trained_on(c, "streamed" if streamed else "cached")
+    c.info.update({k: v for k, v in result._asdict().items()
+                   if k != "out_dir" and isinstance(v, int | float | str | bool)})
+
+
+def _check_memory(members: Members, streamed: list[int], settings: dict[str, Any], device: Any) -> None:
     """Refuse before anything is loaded when the pass would not fit in the device's memory
     (CUDA only; the CPU pages). The message names the settings that shrink the largest parts."""
-    from randsae import forward
-    from randsae.estimates import (
-        check_fits,
-        device_memory_bytes,
-        memory_for_specs,
-        settings_to_change,
-    )
+    from randsae.estimates import check_fits, device_memory_bytes, settings_to_change
     from randsae.sae_devices import fewest_devices
 
     limit = device_memory_bytes(device)
     if limit is None:
         return
-    ctx_len = int(forward.open_tokens(first.inputs["tokens"]).shape[1])
-    est = memory_for_specs([c.spec for c, _ in members], first.inputs["model"], streamed_layers=streamed,
-                           forward_batch_seqs=int(settings.get("forward_batch_size", 8)), ctx_len=ctx_len)
+    est, costs = _memory(members, streamed, settings)
     if est.total <= limit:
         return
     advice = settings_to_change(est)
-    costs = [memory_for_specs([c.spec], first.inputs["model"]).total for c, _ in members]
     n = fewest_devices(costs, est.total - est.sae_state - est.sae_workspace, limit)
     if n is not None and n > 1:
         advice = f"execution.sae.devices: {n} (the group's SAEs spread over {n} devices, docs/sae.md); or {advice}"
@@ -180,18 +216,10 @@ def _train_pass(members: list[tuple[StageContext, SaeConfig]], settings: dict[st
 
     device = resolve_device(settings.get("device", "auto"))
     first, cfg0 = members[0]
-    by_layer: dict[int, list[tuple[StageContext, SaeConfig]]] = defaultdict(list)
-    for c, cfg in members:
-        by_layer[c.params["layer"]].append((c, cfg))
-    order: dict[str, Any] = {"batch_size": cfg0.batch_size, "shuffle_buffer_tokens": cfg0.shuffle_buffer_tokens,
-             "shuffle_block_sequences": cfg0.shuffle_block_sequences, "data_seed": cfg0.data_seed,
-             "max_tokens": cfg0.max_tokens}
-    cached = {layer: _cached_acts(ms[0][0]) for layer, ms in by_layer.items()}
-    streamed = sorted(layer for layer, path in cached.items() if path is None)
+    by_layer, order = _by_layer(members), _data_order(cfg0)
     name = first.name.rsplit("/", 3)[0]
-    log.info("%s: %d SAEs on layers %s (%s)", name, len(members), sorted(by_layer),
-             ", ".join(f"L{la} {'streamed' if cached[la] is None else 'cached'}" for la in sorted(by_layer)))
-    _check_memory(members, first, streamed, settings, device)
+    cached, streamed = _sources(by_layer, name, len(members))
+    _check_memory(members, streamed, settings, device)
     ckdir = first.workdir / CHECKPOINTS
     discard_others(ckdir, None, name)  # a distributed run's checkpoints cannot resume this one
     with contextlib.ExitStack() as stack:
@@ -216,9 +244,7 @@ def _train_pass(members: list[tuple[StageContext, SaeConfig]], settings: dict[st
     shutil.rmtree(ckdir, ignore_errors=True)
     for layer, part_results in zip(sorted(by_layer), results):
         for (c, _), result in zip(by_layer[layer], part_results):
-            record_trained_on(c, "streamed" if cached[layer] is None else "cached")
-            c.info.update({k: v for k, v in result._asdict().items()
-                           if k != "out_dir" and isinstance(v, int | float | str | bool)})
+            _record(c, result, cached[layer] is None)
             if windows is not None:
                 c.info["forward_seconds"] = round(windows.forward_seconds, 2)
 
@@ -243,9 +269,8 @@ def _split_pass(members: list[tuple[StageContext, SaeConfig]], streamed: list[in
     ctx_len = int(forward.open_tokens(first.inputs["tokens"]).shape[1])
     fwd = int(settings.get("forward_batch_size", 8))
     specs = [c.spec for c, _ in members]
-    whole = memory_for_specs(specs, model, streamed_layers=streamed, forward_batch_seqs=fwd, ctx_len=ctx_len)
+    whole, costs = _memory(members, streamed, settings)
     base0 = whole.total - whole.sae_state - whole.sae_workspace
-    costs = [memory_for_specs([s], model).total for s in specs]
     ranks = assign(costs, world.size, [base0] + [0] * (world.size - 1))
     if world.device.type == "cuda":
         for r in range(world.size):
@@ -287,22 +312,14 @@ def _train_pass_distributed(members: list[tuple[StageContext, SaeConfig]], setti
 
     first, cfg0 = members[0]
     rank, device = world.rank, world.device
-    by_layer: dict[int, list[tuple[StageContext, SaeConfig]]] = defaultdict(list)
-    for c, cfg in members:
-        by_layer[c.params["layer"]].append((c, cfg))
+    by_layer, order = _by_layer(members), _data_order(cfg0)
     layers = sorted(by_layer)
-    order: dict[str, Any] = {"batch_size": cfg0.batch_size, "shuffle_buffer_tokens": cfg0.shuffle_buffer_tokens,
-             "shuffle_block_sequences": cfg0.shuffle_block_sequences, "data_seed": cfg0.data_seed,
-             "max_tokens": cfg0.max_tokens}
     name = first.name.rsplit("/", 3)[0]
     setup: dict[str, Any] | None = None
     failure: Exception | None = None
     cached: dict[int, Any] = {}
     if rank == 0:
-        cached = {layer: _cached_acts(ms[0][0]) for layer, ms in by_layer.items()}
-        streamed = sorted(layer for layer, path in cached.items() if path is None)
-        log.info("%s: %d SAEs on layers %s (%s)", name, len(members), layers,
-                 ", ".join(f"L{la} {'streamed' if cached[la] is None else 'cached'}" for la in layers))
+        cached, streamed = _sources(by_layer, name, len(members))
         try:
             setup = {"owners": _split_pass(members, streamed, settings, world, name),
                      "streamed": [la in streamed for la in layers]}
@@ -362,9 +379,7 @@ def _train_pass_distributed(members: list[tuple[StageContext, SaeConfig]], setti
     infos: dict[str, dict[str, Any]] = {}
     for i, ms, part_results in zip(ids, owned, results):
         for (c, _), result in zip(ms, part_results):
-            record_trained_on(c, "streamed" if setup["streamed"][i] else "cached")
-            c.info.update({k: v for k, v in result._asdict().items()
-                           if k != "out_dir" and isinstance(v, int | float | str | bool)})
+            _record(c, result, setup["streamed"][i])
             infos[c.spec["key"]] = dict(c.info)
     # every rank has written its SAEs once every rank has sent its statistics
     gathered = dd.all_gather(infos)
@@ -484,5 +499,6 @@ STAGE = StageDef(
     run_group=run_group,
     group=group,
     extra_inputs=extra_inputs,
+    devices=planned_devices,
     priority=1,  # on the longest chain: start before the short jobs (StageDef.priority)
 )
